@@ -1,0 +1,34 @@
+# Every target works on a fresh clone and installs what it needs first.
+# TORCH_SPEC: on a CUDA machine `torch==2.13.0` from PyPI is the CUDA build; on a CPU-only machine
+# add `TORCH_EXTRA="--index-url https://download.pytorch.org/whl/cpu"` to avoid GBs of CUDA wheels.
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_EXTRA ?=
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install demo test lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_EXTRA) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'deeplab_src.pth'), 'w').write(os.path.abspath('src') + '\n')"
+	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+demo: install
+	$(PY) src/train.py experiment=demo
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests experiments
+	$(VENV)/bin/ruff format --check src tests experiments
+
+clean:
+	rm -rf $(VENV) outputs multirun data/synthetic

@@ -1,0 +1,1 @@
+"""DeepLab v2 (Chen et al., TPAMI 2017) in PyTorch Lightning + Hydra."""

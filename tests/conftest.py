@@ -1,0 +1,21 @@
+"""Shared test fixtures: paths to the repo, its configs and the real VOC sample beside the checkout."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_VOC = REPO.parent / "shared" / "data" / "voc_sample"
+
+if str(REPO / "src") not in sys.path:  # also works without `make install`'s .pth file
+    sys.path.insert(0, str(REPO / "src"))
+
+
+@pytest.fixture
+def voc_sample_root() -> Path:
+    """The real PASCAL VOC sample (a VOCdevkit-like folder); skips when ../shared is absent."""
+    if not (SHARED_VOC / "VOC2012").is_dir():
+        pytest.skip("../shared/data/voc_sample is absent (only CI and developers have it)")
+    return SHARED_VOC
