@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the repo, its configs and the real VOC sample beside the checkout."""
+"""Shared test fixtures: repo paths, configs and the real VOC sample beside the checkout."""
 
 import sys
 from pathlib import Path
