@@ -1,0 +1,153 @@
+"""ImageNet initialisation from local torchvision-format `vgg16` / `resnet101` state dicts.
+
+A load is a *plan*: (source key, target key, transform) triples. Every planned source key must
+be in the file, every file key must be planned or known-unused (the ImageNet classifier), and
+every transformed tensor must have the target's shape; otherwise one ValueError lists all the
+problems. Nothing is copied unless the whole plan fits.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from deeplab.models.heads import VGGBranch
+from deeplab.models.resnet import ResNet
+from deeplab.models.vgg import VGGFeatures
+
+Transform = Callable[[Tensor], Tensor]
+Plan = list[tuple[str, str, Transform]]
+_same: Transform = lambda t: t
+
+# torchvision `vgg16.features` indices of the 13 convolutions (ReLUs and pools in between).
+TV_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+TV_FC_SPATIAL = 7  # torchvision's classifier.0 is fc6 as a 7x7 conv over pool5 (512 x 7 x 7)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict of tensors from `path`, loaded with `weights_only=True` (no pickled code)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.backbone.pretrained={path}: no such file. Download the torchvision weights "
+            "(README, section 'Models') or set model.backbone.pretrained=null"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict of tensors (torchvision format expected)")
+    return state
+
+
+def vgg16_features_plan(features: VGGFeatures, prefix: str) -> Plan:
+    """torchvision `features.N.{weight,bias}` -> this network's 13 convolutions."""
+    names = [n for n, m in features.named_modules() if isinstance(m, nn.Conv2d)]
+    return [
+        (f"features.{i}.{p}", f"{prefix}{name}.{p}", _same)
+        for i, name in zip(TV_VGG16_CONVS, names, strict=True)
+        for p in ("weight", "bias")
+    ]
+
+
+def _every(n_src: int, n_dst: int, what: str) -> slice:
+    if n_src % n_dst:
+        raise ValueError(f"{what}: {n_src} source filters do not subsample to {n_dst}")
+    return slice(None, None, n_src // n_dst)
+
+
+def fc_to_conv(weight: Tensor, out_ch: int, in_ch: int, kernel_size: int, spatial: int) -> Tensor:
+    """A fully connected matrix (out, in * s * s) as an (out_ch, in_ch, k, k) conv kernel.
+
+    Output (and for fc7, input) filters are subsampled by keeping every n-th one (4096 -> 1024:
+    every 4th; the paper kept a subset of 1024). The s x s kernel is spatially subsampled to
+    k x k at evenly spaced taps round(linspace(0, s - 1, k)) as DeepLab v1 did (7x7 -> 4x4: taps
+    0, 2, 4, 6; -> 3x3: taps 0, 3, 6), which keeps the kernel's full spatial extent.
+    """
+    src_in = weight.shape[1] // (spatial * spatial)
+    w = weight.reshape(weight.shape[0], src_in, spatial, spatial)
+    w = w[_every(w.shape[0], out_ch, "output"), _every(src_in, in_ch, "input")]
+    taps = torch.linspace(0, spatial - 1, kernel_size).round().long()
+    return w[:, :, taps][:, :, :, taps]
+
+
+def _subsample_bias(n_dst: int) -> Transform:
+    return lambda t: t[_every(t.shape[0], n_dst, "bias")]
+
+
+def vgg16_fc_plan(branch: VGGBranch, prefix: str, spatial: int = TV_FC_SPATIAL) -> Plan:
+    """torchvision `classifier.0` / `classifier.3` -> a branch's fc6 / fc7 convolutions."""
+    fc6, fc7 = branch.fc6, branch.fc7
+    k = fc6.kernel_size[0]
+    fc6_weight = lambda t: fc_to_conv(t, fc6.out_channels, fc6.in_channels, k, spatial)
+    fc7_weight = lambda t: fc_to_conv(t, fc7.out_channels, fc7.in_channels, 1, 1)
+    return [
+        ("classifier.0.weight", f"{prefix}fc6.weight", fc6_weight),
+        ("classifier.0.bias", f"{prefix}fc6.bias", _subsample_bias(fc6.out_channels)),
+        ("classifier.3.weight", f"{prefix}fc7.weight", fc7_weight),
+        ("classifier.3.bias", f"{prefix}fc7.bias", _subsample_bias(fc7.out_channels)),
+    ]
+
+
+def resnet_plan(resnet: ResNet, prefix: str) -> Plan:
+    """torchvision ResNet keys map one to one (same module names)."""
+    return [(k, prefix + k, _same) for k in resnet.state_dict()]
+
+
+def apply_plan(
+    model: nn.Module, state: dict[str, Tensor], plan: Plan, unused: tuple[str, ...], source: str
+) -> None:
+    """Checks the whole plan against `state` and `model`, then copies, or raises one ValueError.
+
+    `unused`: key prefixes of the file that are deliberately dropped (ImageNet classifier).
+    BatchNorm `num_batches_tracked` may be absent (older torchvision files lack it).
+    """
+    target = model.state_dict()
+    planned = {src for src, _, _ in plan}
+    missing = [s for s in planned if s not in state and not s.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in planned and not k.startswith(unused)]
+    bad_shapes, loaded = [], {}
+    for src, dst, fn in plan:
+        if src not in state:
+            continue
+        try:
+            value = fn(state[src])
+        except (RuntimeError, ValueError, IndexError) as err:
+            bad_shapes.append(f"{src} {tuple(state[src].shape)} -> {dst}: {err}")
+            continue
+        if value.shape != target[dst].shape:
+            bad_shapes.append(
+                f"{src} {tuple(state[src].shape)} -> {dst}: got {tuple(value.shape)}, "
+                f"needs {tuple(target[dst].shape)}"
+            )
+        loaded[dst] = value
+    problems = [
+        f"{label} ({len(keys)}): {', '.join(sorted(keys))}"
+        for label, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", bad_shapes),
+        )
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"cannot initialise from {source} (is it the right torchvision file, and "
+            "model.width_mult=1.0?):\n  " + "\n  ".join(problems)
+        )
+    with torch.no_grad():
+        for dst, value in loaded.items():
+            target[dst].copy_(value)
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> None:
+    """Initialises a DeepLab network's backbone (and VGG fc6/fc7) from a torchvision file."""
+    state = read_state_dict(path)
+    backbone = model.backbone
+    if isinstance(backbone, VGGFeatures):
+        plan = vgg16_features_plan(backbone, "backbone.")
+        for i, branch in enumerate(model.head.branches):
+            plan += vgg16_fc_plan(branch, f"head.branches.{i}.")
+        unused = ("classifier.6.",)
+    else:
+        plan, unused = resnet_plan(backbone, "backbone."), ("fc.",)
+    apply_plan(model, state, plan, unused, str(path))
