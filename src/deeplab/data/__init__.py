@@ -1,0 +1,19 @@
+"""Data sets behind DESIGN I4: LightningDataModules over one shared VOC-layout reader."""
+
+from deeplab.data.datamodule import (
+    CityscapesDataModule,
+    ContextDataModule,
+    PersonPartDataModule,
+    SegmentationDataModule,
+    SyntheticDataModule,
+    VOCDataModule,
+)
+
+__all__ = [
+    "CityscapesDataModule",
+    "ContextDataModule",
+    "PersonPartDataModule",
+    "SegmentationDataModule",
+    "SyntheticDataModule",
+    "VOCDataModule",
+]

@@ -1,0 +1,35 @@
+"""CLI: `python -m deeplab.data.prepare DATASET --root data/` (see datasets.py for each step)."""
+
+import argparse
+from pathlib import Path
+
+from deeplab.data.prepare.datasets import (
+    prepare_cityscapes,
+    prepare_context,
+    prepare_person_part,
+    prepare_sbd,
+    prepare_voc,
+)
+
+STEPS = {
+    "voc": prepare_voc,
+    "sbd": prepare_sbd,
+    "context": prepare_context,
+    "person_part": prepare_person_part,
+    "cityscapes": prepare_cityscapes,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deeplab.data.prepare", description=__doc__)
+    parser.add_argument("dataset", choices=sorted(STEPS))
+    parser.add_argument("--root", type=Path, default=Path("data"), help="the data_dir folder")
+    args = parser.parse_args(argv)
+    try:
+        STEPS[args.dataset](args.root)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        parser.exit(1, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    main()

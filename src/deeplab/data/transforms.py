@@ -1,0 +1,89 @@
+"""DeepLab's training augmentation (SPEC §7) on albumentations, and the normalization pair.
+
+Geometry runs on uint8 arrays through albumentations (image bilinear, mask nearest); the tensor
+conversion is `normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the
+original RGB.
+"""
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from deeplab.data.classes import IGNORE_INDEX
+
+# The Caffe models' BGR mean (104.008, 116.669, 122.675) in RGB order; no std scaling.
+CAFFE_MEAN_RGB = (122.675, 116.669, 104.008)
+UNIT_STD = (1.0, 1.0, 1.0)
+
+
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> float32 (3, H, W) as (pixel - mean) / std, all on the 0-255 scale."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def denormalize(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """float (3, H, W) -> uint8 RGB (H, W, 3); rounds, so it exactly inverts `normalize`."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    rgb = tensor.detach().cpu().float() * std_t + mean_t
+    return rgb.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def random_scale(mode: str, scale_range: Sequence[float], scales: Sequence[float]) -> list:
+    """`uniform`: factor ~ U(scale_range) (the paper's text); `discrete`: one of `scales`
+    with equal chance (the ResNet prototxt); `none`: no scaling (the VGG prototxts, Tables 1-3)."""
+    if mode == "none":
+        return []
+    if mode == "uniform":
+        low, high = scale_range
+        return [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0)]
+    if mode == "discrete":
+        fixed = [A.RandomScale(scale_limit=(s - 1.0, s - 1.0), p=1.0) for s in scales]
+        return [A.OneOf(fixed, p=1.0)]
+    raise ValueError(f"data.random_scale={mode!r}: use one of uniform, discrete, none")
+
+
+def train_transform(
+    crop_size: int,
+    mean: Sequence[float],
+    scale_mode: str = "uniform",
+    scale_range: Sequence[float] = (0.5, 1.5),
+    scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
+    flip: bool = True,
+) -> A.Compose:
+    """Scale, pad bottom/right to the crop (mean colour / 255, as Caffe does), random crop, flip."""
+    steps = random_scale(scale_mode, scale_range, scales)
+    steps += [
+        A.PadIfNeeded(
+            min_height=crop_size,
+            min_width=crop_size,
+            position="top_left",
+            border_mode=cv2.BORDER_CONSTANT,
+            fill=tuple(float(round(m)) for m in mean),
+            fill_mask=IGNORE_INDEX,
+        ),
+        A.RandomCrop(height=crop_size, width=crop_size),
+    ]
+    if flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    return A.Compose(steps)
+
+
+def pad_collate(samples: list[dict]) -> dict:
+    """Batch samples of different sizes: pad bottom/right, image with 0 (the mean after
+    normalization), mask with 255 so metrics and the loss ignore the padding."""
+    height = max(s["image"].shape[1] for s in samples)
+    width = max(s["image"].shape[2] for s in samples)
+    images = torch.zeros(len(samples), 3, height, width)
+    masks = torch.full((len(samples), height, width), IGNORE_INDEX, dtype=torch.int64)
+    for i, s in enumerate(samples):
+        h, w = s["mask"].shape
+        images[i, :, :h, :w] = s["image"]
+        masks[i, :h, :w] = s["mask"]
+    return {"image": images, "mask": masks, "name": [s["name"] for s in samples]}
