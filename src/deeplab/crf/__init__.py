@@ -1,0 +1,13 @@
+"""Fully connected CRF post-processing (SPEC §5, DESIGN I5): pydensecrf and its torch port."""
+
+from deeplab.crf.dense_crf import DenseCRF
+from deeplab.crf.parallel import refine_many
+from deeplab.crf.probs_io import load_probabilities, probability_files, save_probabilities
+
+__all__ = [
+    "DenseCRF",
+    "load_probabilities",
+    "probability_files",
+    "refine_many",
+    "save_probabilities",
+]

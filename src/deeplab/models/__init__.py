@@ -1,10 +1,13 @@
-"""DeepLab v2 networks: VGG-16 / ResNet-101 backbones, atrous heads, MSC, pretrained init."""
+"""DeepLab v2 networks: VGG-16 / ResNet-101 backbones, atrous heads, MSC, pretrained init;
+FCN-8s and RefineNet for comparison."""
 
 from torch import nn
 
 from deeplab.models.atrous import AtrousConv2d
 from deeplab.models.deeplab import DeepLab, build_backbone, build_deeplab
+from deeplab.models.fcn import FCN, build_fcn
 from deeplab.models.msc import MSC
+from deeplab.models.refinenet import RefineNet, build_refinenet
 from deeplab.models.resnet import ResNet, resnet101
 from deeplab.models.vgg import VGGFeatures
 
@@ -17,11 +20,15 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     "MSC",
     "AtrousConv2d",
+    "FCN",
     "DeepLab",
+    "RefineNet",
     "ResNet",
     "VGGFeatures",
     "build_backbone",
     "build_deeplab",
+    "build_fcn",
+    "build_refinenet",
     "count_parameters",
     "resnet101",
 ]

@@ -17,11 +17,18 @@ class VGGBranch(nn.Sequential):
     """fc6 (k x k, rate r) -> ReLU -> dropout -> fc7 (1x1) -> ReLU -> dropout -> fc8 (classes)."""
 
     def __init__(
-        self, in_ch: int, width: int, num_classes: int, kernel_size: int, rate: int, dropout: float
+        self,
+        in_ch: int,
+        width: int,
+        num_classes: int,
+        kernel_size: int,
+        rate: int,
+        dropout: float,
+        padding: int | None = None,  # fc6 padding; None keeps the size (FCN uses 0)
     ):
         super().__init__(
             OrderedDict(
-                fc6=AtrousConv2d(in_ch, width, kernel_size, rate=rate),
+                fc6=AtrousConv2d(in_ch, width, kernel_size, rate=rate, padding=padding),
                 relu6=nn.ReLU(inplace=True),
                 drop6=nn.Dropout(dropout),
                 fc7=nn.Conv2d(width, width, 1),

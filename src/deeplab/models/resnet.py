@@ -89,6 +89,12 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
                 m.requires_grad_(not freeze_bn)
+        # Without ImageNet weights a frozen (identity) BN normalises nothing and every block
+        # doubles the activations' variance (res5 ~1e4 at random init: the loss is NaN after
+        # one step). Scaling each residual branch by 1/sqrt(#blocks) bounds the growth by e.
+        blocks = [m for m in self.modules() if isinstance(m, Bottleneck)]
+        for block in blocks:
+            nn.init.constant_(block.bn3.weight, len(blocks) ** -0.5)
         self.train()
 
     def train(self, mode: bool = True) -> "ResNet":

@@ -1,0 +1,37 @@
+"""Print a paper table from a Hydra multirun folder, beside the paper's numbers (DESIGN I7).
+
+    python experiments/tables.py multirun/2026-11-21/23-10-00
+
+Detects the table from the `table:` key that conf/experiment/tableN.yaml puts into every job,
+prints it as markdown and writes tableN.md, tableN.csv and tableN.png next to the jobs (or --out).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "src")
+)  # works without the venv's .pth
+
+from deeplab.tables import TABLES, make_table  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="the multirun folder (multirun/DATE/TIME)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write the .md/.csv/.png (default: sweep_dir)"
+    )
+    parser.add_argument(
+        "--table", choices=sorted(TABLES), help="table to build (default: detected)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        print(make_table(args.sweep_dir, args.out, args.table))
+    except (FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

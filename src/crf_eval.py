@@ -1,0 +1,37 @@
+"""Score a CRF setting on saved probabilities and write metrics.json (val/ and val_crf/, DESIGN I6).
+
+`python src/crf_eval.py probs_dir=<dir> crf=deeplab_vgg16 crf.bi_w=5`; with `-m` Hydra sweeps
+`crf.*` and each job writes its own metrics.json. The grid search with its coarse-to-fine
+protocol and table is `python -m deeplab.crf.search <dir>`.
+"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from deeplab.crf.search import evaluate, load_split, score
+from deeplab.results import as_metrics, print_table, write_metrics
+
+
+@hydra.main(config_path="../conf", config_name="crf_eval", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    if cfg.crf is None:
+        raise ValueError("crf_eval needs a CRF: pass crf=deeplab_vgg16 or crf=deeplab_resnet101")
+    crf = hydra.utils.instantiate(cfg.crf)
+    images, probs, masks = load_split(hydra.utils.to_absolute_path(cfg.probs_dir), cfg.limit)
+    results = {
+        "val": score(probs, masks),
+        "val_crf": evaluate(crf, images, probs, masks, cfg.num_workers),
+    }
+    metrics = as_metrics(results)
+    metrics["num_images"] = len(images)
+    metrics["crf"] = {**crf.params, "backend": crf.backend}
+    write_metrics(Path(HydraConfig.get().runtime.output_dir) / "metrics.json", metrics)
+    print_table(metrics, title=f"CRF on {len(images)} saved images (%): {crf}")
+    return metrics["val_crf/mIoU"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""`DenseCRF`: the callable that `instantiate(cfg.crf)` returns (DESIGN I5).
+
+Two backends share one set of parameters: `pydensecrf` (the C++ reference, CPU) and `torch`
+(the same lattice and mean field in PyTorch, on CPU or GPU, batched; matches the reference to
+float precision).
+"""
+
+import numpy as np
+import torch
+
+from deeplab.crf import pydensecrf_backend
+from deeplab.crf.meanfield import mean_field
+
+BACKENDS = ("pydensecrf", "torch")
+
+
+class DenseCRF:
+    """Fully connected CRF with a Gaussian (smoothness) and a bilateral (appearance) kernel.
+
+    crf(image uint8 (H, W, 3) RGB, probs float (C, H, W) softmax) -> refined probs, as the same
+    type (numpy array or torch tensor), dtype and device as `probs`.
+    """
+
+    def __init__(
+        self,
+        iterations: int = 10,
+        pos_w: float = 3.0,
+        pos_xy_std: float = 3.0,
+        bi_w: float = 4.0,
+        bi_xy_std: float = 49.0,
+        bi_rgb_std: float = 5.0,
+        backend: str = "pydensecrf",
+        normalization: str = "symmetric",
+        device: str | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"crf.backend={backend!r}: choose one of {BACKENDS}")
+        if normalization not in pydensecrf_backend.NORMALIZATIONS:
+            raise ValueError(
+                f"crf.normalization={normalization!r}: choose one of "
+                f"{tuple(pydensecrf_backend.NORMALIZATIONS)}"
+            )
+        if iterations < 0:
+            raise ValueError(f"crf.iterations={iterations} must be >= 0")
+        for name, std in (
+            ("pos_xy_std", pos_xy_std),
+            ("bi_xy_std", bi_xy_std),
+            ("bi_rgb_std", bi_rgb_std),
+        ):
+            if not std > 0:
+                raise ValueError(f"crf.{name}={std} must be > 0")
+        self.iterations = int(iterations)
+        self.pos_w, self.pos_xy_std = float(pos_w), float(pos_xy_std)
+        self.bi_w, self.bi_xy_std, self.bi_rgb_std = (
+            float(bi_w),
+            float(bi_xy_std),
+            float(bi_rgb_std),
+        )
+        self.backend, self.normalization = backend, normalization
+        self.device = device  # where the torch backend computes numpy inputs (None: CUDA if any)
+
+    @property
+    def params(self) -> dict:
+        return {
+            "iterations": self.iterations,
+            "pos_w": self.pos_w,
+            "pos_xy_std": self.pos_xy_std,
+            "bi_w": self.bi_w,
+            "bi_xy_std": self.bi_xy_std,
+            "bi_rgb_std": self.bi_rgb_std,
+            "normalization": self.normalization,
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"DenseCRF({args}, backend={self.backend!r})"
+
+    def __call__(self, image, probs):
+        return self.refine_batch([image], [probs])[0]
+
+    def refine_batch(self, images: list, probs: list) -> list:
+        """Refine several images; the torch backend runs them as one batch."""
+        if len(images) != len(probs):
+            raise ValueError(f"CRF got {len(images)} images but {len(probs)} probability maps")
+        for i, (image, p) in enumerate(zip(images, probs, strict=True)):
+            check_inputs(image, p, where=f"item {i}")
+        if self.backend == "pydensecrf":
+            return [
+                _like(pydensecrf_backend.refine(_numpy_image(im), _numpy_probs(p), self.params), p)
+                for im, p in zip(images, probs, strict=True)
+            ]
+        device = self._torch_device(probs[0])
+        with torch.no_grad():
+            out = mean_field(
+                [_tensor(im).to(device) for im in images],
+                [_tensor(p).to(device=device, dtype=torch.float32) for p in probs],
+                self.iterations,
+                self.pos_w,
+                self.pos_xy_std,
+                self.bi_w,
+                self.bi_xy_std,
+                self.bi_rgb_std,
+                self.normalization,
+            )
+        return [_like(q, p) for q, p in zip(out, probs, strict=True)]
+
+    def _torch_device(self, probs) -> torch.device:
+        if isinstance(probs, torch.Tensor):
+            return probs.device
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_inputs(image, probs, where: str = "input") -> None:
+    """Clear errors for the mistakes that would otherwise surface deep inside the C++ or lattice."""
+    for name, x in (("image", image), ("probs", probs)):
+        if not isinstance(x, np.ndarray | torch.Tensor):
+            raise TypeError(
+                f"CRF {where}: {name} must be a numpy array or torch tensor, got {type(x)}"
+            )
+    if tuple(image.shape[2:]) != (3,) or image.ndim != 3:
+        raise ValueError(
+            f"CRF {where}: image must be (H, W, 3) RGB, got shape {tuple(image.shape)}"
+        )
+    if str(image.dtype) not in ("uint8", "torch.uint8"):
+        raise ValueError(
+            f"CRF {where}: image must be uint8 RGB (0-255), got {image.dtype}; "
+            "use deeplab.data.transforms.denormalize to undo the network's normalization"
+        )
+    if probs.ndim != 3 or probs.shape[0] < 2:
+        raise ValueError(
+            f"CRF {where}: probs must be (C, H, W) with C >= 2, got {tuple(probs.shape)}"
+        )
+    if tuple(probs.shape[1:]) != tuple(image.shape[:2]):
+        raise ValueError(
+            f"CRF {where}: probs {tuple(probs.shape)} and image {tuple(image.shape)} differ "
+            "in size; upsample the scores to the image size first"
+        )
+    floating = (
+        probs.is_floating_point() if isinstance(probs, torch.Tensor) else probs.dtype.kind == "f"
+    )
+    if not floating:
+        raise ValueError(
+            f"CRF {where}: probs must be floating-point softmax outputs, got {probs.dtype}"
+        )
+
+
+def _numpy_image(image) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    return np.ascontiguousarray(image)
+
+
+def _numpy_probs(probs) -> np.ndarray:
+    if isinstance(probs, torch.Tensor):
+        probs = probs.detach().cpu().numpy()
+    return np.ascontiguousarray(probs, dtype=np.float32)
+
+
+def _tensor(x) -> torch.Tensor:
+    """Tensors pass through (staying on their device); arrays are made contiguous first."""
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _like(q, reference):
+    """Return `q` as the type, dtype and device of `reference`."""
+    if isinstance(reference, torch.Tensor):
+        return torch.as_tensor(q).to(device=reference.device, dtype=reference.dtype)
+    if isinstance(q, torch.Tensor):
+        q = q.cpu().numpy()
+    return q.astype(reference.dtype, copy=False)

@@ -1,0 +1,62 @@
+"""Whole-split CRF refinement: pydensecrf over worker processes, the torch backend in batches."""
+
+import multiprocessing as mp
+import os
+
+import numpy as np
+import torch
+
+from deeplab.crf import pydensecrf_backend
+from deeplab.crf.dense_crf import DenseCRF, _like, _numpy_image, _numpy_probs, check_inputs
+
+# Pixels per torch batch: bounds the lattice's memory (a few hundred bytes per pixel and label).
+BATCH_PIXELS = 2_000_000
+
+
+def refine_many(crf: DenseCRF, images: list, probs: list, num_workers: int | None = None) -> list:
+    """Refine every (image, probs) pair; results come back in order, typed like each `probs`.
+
+    pydensecrf: `num_workers` processes (None or 0: all cores; 1: in this process). torch: images
+    are grouped into batches of about BATCH_PIXELS pixels (any sizes mix; no padding needed) and
+    `num_workers` is unused."""
+    if len(images) != len(probs):
+        raise ValueError(f"refine_many got {len(images)} images but {len(probs)} probability maps")
+    if crf.backend == "torch":
+        return _torch_batches(crf, images, probs)
+    for i, (image, p) in enumerate(zip(images, probs, strict=True)):
+        check_inputs(image, p, where=f"item {i}")
+    jobs = [
+        (_numpy_image(im), _numpy_probs(p), crf.params) for im, p in zip(images, probs, strict=True)
+    ]
+    workers = min(num_workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
+        out = [pydensecrf_backend.refine_star(job) for job in jobs]
+    else:
+        with _context().Pool(workers) as pool:
+            out = list(pool.imap(pydensecrf_backend.refine_star, jobs, chunksize=1))
+    return [_like(q, p) for q, p in zip(out, probs, strict=True)]
+
+
+def _context():
+    """fork starts workers at once; spawn is the safe choice once CUDA is initialised."""
+    if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def _torch_batches(crf: DenseCRF, images: list, probs: list) -> list:
+    out, start = [], 0
+    while start < len(images):
+        stop, pixels = start, 0
+        while stop < len(images) and (
+            stop == start or pixels + _pixels(probs[stop]) <= BATCH_PIXELS
+        ):
+            pixels += _pixels(probs[stop])
+            stop += 1
+        out += crf.refine_batch(images[start:stop], probs[start:stop])
+        start = stop
+    return out
+
+
+def _pixels(p) -> int:
+    return int(np.prod(p.shape[1:]))

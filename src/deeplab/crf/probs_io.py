@@ -1,0 +1,71 @@
+"""Saved network outputs for CRF tuning: one .npz per val image, so the search never reruns the
+network (SPEC §5 protocol).
+
+Format, one file per image: `image` uint8 (H, W, 3) RGB; `probs` float16 or float32 (C, H, W)
+softmax at image resolution; `mask` uint8 or int64 (H, W) ground truth, 255 = ignore.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+
+def save_probabilities(path, image, probs, mask) -> Path:
+    """Write one image's RGB, softmax (stored as float16) and truth to `path` (.npz added)."""
+    image, probs, mask = (_numpy(x) for x in (image, probs, mask))
+    _check(image, probs, mask, str(path))
+    path = Path(path)
+    if path.suffix != ".npz":  # names may hold dots (Cityscapes ids do not, but be safe)
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path, image=image, probs=probs.astype(np.float16), mask=mask.astype(np.uint8)
+    )
+    return path
+
+
+def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> image uint8 (H, W, 3), probs float32 (C, H, W), mask int64 (H, W)."""
+    with np.load(path) as data:
+        missing = {"image", "probs", "mask"} - set(data.files)
+        if missing:
+            raise ValueError(
+                f"{path}: missing keys {sorted(missing)}; write it with save_probabilities"
+            )
+        image, probs, mask = data["image"], data["probs"], data["mask"]
+    _check(image, probs, mask, str(path))
+    return image, probs.astype(np.float32), mask.astype(np.int64)
+
+
+def probability_files(folder, limit: int | None = None) -> list[Path]:
+    """The sorted .npz files of a folder (the first `limit` of them)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"probs_dir {folder} does not exist; save probabilities first with "
+            "`python src/evaluate.py ... save_probs=<dir>`"
+        )
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"probs_dir {folder} holds no .npz files")
+    return files[:limit] if limit else files
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check(image, probs, mask, where: str) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{where}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if probs.ndim != 3 or probs.dtype.kind != "f" or probs.shape[1:] != image.shape[:2]:
+        raise ValueError(
+            f"{where}: probs must be float (C, H, W) matching the image {image.shape[:2]}, "
+            f"got {probs.dtype} {probs.shape}"
+        )
+    if mask.shape != image.shape[:2] or mask.dtype.kind not in "ui":
+        raise ValueError(
+            f"{where}: mask must be integer (H, W) like the image, got {mask.dtype} {mask.shape}"
+        )

@@ -1,0 +1,38 @@
+"""The reference backend: Krähenbühl's C++ through pydensecrf (package `pydensecrf2`).
+
+Kept free of torch so that worker processes start quickly.
+"""
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+from pydensecrf.utils import unary_from_softmax
+
+NORMALIZATIONS = {
+    "symmetric": dcrf.NORMALIZE_SYMMETRIC,  # pydensecrf's default (Krähenbühl & Koltun, ICML 2013)
+    "per_pixel": dcrf.NORMALIZE_AFTER,  # 1 / (K 1) after filtering: the NIPS 2011 code DeepLab used
+}
+
+
+def refine(image: np.ndarray, probs: np.ndarray, params: dict) -> np.ndarray:
+    """image uint8 (H, W, 3), probs float32 (C, H, W) -> probs float32 (C, H, W).
+
+    `params`: iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization. The
+    smoothness kernel is added before the appearance kernel, as in DeepLab's dense_inference."""
+    c, h, w = probs.shape
+    norm = NORMALIZATIONS[params["normalization"]]
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=params["pos_xy_std"], compat=params["pos_w"], normalization=norm)
+    crf.addPairwiseBilateral(
+        sxy=params["bi_xy_std"],
+        srgb=params["bi_rgb_std"],
+        rgbim=np.ascontiguousarray(image),
+        compat=params["bi_w"],
+        normalization=norm,
+    )
+    return np.asarray(crf.inference(params["iterations"]), dtype=np.float32).reshape(c, h, w)
+
+
+def refine_star(args: tuple) -> np.ndarray:
+    """`refine(*args)` for Pool.imap."""
+    return refine(*args)

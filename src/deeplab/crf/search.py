@@ -1,0 +1,200 @@
+"""CRF parameter search on saved probabilities (SPEC §5): `python -m deeplab.crf.search PROBS_DIR`.
+
+The paper's protocol: fix the smoothness kernel (pos_w 3, pos_xy_std 3), grid-search the
+appearance kernel's bi_w in {3..6}, bi_xy_std in {30, 40, ..., 100}, bi_rgb_std in {3..6} on 100
+val images, then refine around the best point with half steps. The network never reruns: the
+probabilities come from `evaluate.py save_probs=<dir>` (format in `deeplab.crf.probs_io`).
+Prints the best setting and a markdown table of the grid, and writes JSON.
+"""
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeplab.crf.dense_crf import DenseCRF
+from deeplab.crf.parallel import refine_many
+from deeplab.crf.probs_io import load_probabilities, probability_files
+from deeplab.metrics import scores
+
+COARSE = {
+    "bi_w": [3.0, 4.0, 5.0, 6.0],
+    "bi_xy_std": [30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0],
+    "bi_rgb_std": [3.0, 4.0, 5.0, 6.0],
+}
+AXES = tuple(COARSE)
+
+
+def load_split(probs_dir, limit: int | None = 100) -> tuple[list, list, list]:
+    """Images, probs (float16, to halve the memory of 100 full-size maps) and masks."""
+    images, probs, masks = [], [], []
+    for path in probability_files(probs_dir, limit):
+        image, p, mask = load_probabilities(path)
+        images.append(image)
+        probs.append(p.astype(np.float16))
+        masks.append(mask)
+    return images, probs, masks
+
+
+def confusion(preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """K x K counts (rows: truth) over all images, 255 and other out-of-range labels skipped."""
+    n = np.zeros(num_classes * num_classes, dtype=np.int64)
+    for pred, mask in zip(preds, masks, strict=True):
+        mask, pred = np.asarray(mask, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+        valid = (mask >= 0) & (mask < num_classes)
+        n += np.bincount(
+            mask[valid] * num_classes + pred[valid], minlength=num_classes * num_classes
+        )
+    return n.reshape(num_classes, num_classes)
+
+
+def class_names(num_classes: int) -> list[str]:
+    from deeplab.data.classes import VOC_CLASSES
+
+    return VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
+
+
+def score(probs: list, masks: list) -> dict:
+    """Scores (percent, deeplab.metrics) of the argmax of each probability map."""
+    k = probs[0].shape[0]
+    preds = [np.asarray(p).argmax(0) for p in probs]
+    return scores(torch.from_numpy(confusion(preds, masks, k)), class_names(k))
+
+
+def evaluate(crf: DenseCRF, images, probs, masks, num_workers: int | None) -> dict:
+    return score(refine_many(crf, images, probs, num_workers=num_workers), masks)
+
+
+def fine_grid(best: dict, steps: dict) -> dict:
+    """best +- one fine step on each axis (values must stay positive)."""
+    return {
+        a: sorted({v for v in (best[a] - steps[a], best[a], best[a] + steps[a]) if v > 0})
+        for a in AXES
+    }
+
+
+def half_spacing(values: list[float]) -> float:
+    return (min(np.diff(sorted(values))) / 2) if len(values) > 1 else values[0] / 10
+
+
+def search(
+    images, probs, masks, grid: dict, fine_steps: dict | None, crf_kwargs: dict, num_workers
+) -> tuple[list[dict], dict]:
+    """Run the coarse grid, then (if `fine_steps`) the fine grid around the best coarse point."""
+    results, seen = [], set()
+
+    def run(stage: str, g: dict) -> None:
+        for values in itertools.product(*(g[a] for a in AXES)):
+            setting = dict(zip(AXES, values, strict=True))
+            if values in seen:
+                continue
+            seen.add(values)
+            start = time.perf_counter()
+            s = evaluate(DenseCRF(**crf_kwargs, **setting), images, probs, masks, num_workers)
+            results.append(
+                {"stage": stage, **setting, "mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"],
+                 "seconds": time.perf_counter() - start}
+            )  # fmt: skip
+            print(
+                f"[{stage}] "
+                + " ".join(f"{a}={setting[a]:g}" for a in AXES)
+                + f"  mIoU {s['mIoU']:.2f}"
+            )
+
+    run("coarse", grid)
+    if fine_steps:
+        run("fine", fine_grid(max(results, key=lambda r: r["mIoU"]), fine_steps))
+    return results, max(results, key=lambda r: r["mIoU"])
+
+
+def markdown(results: list[dict], unary_miou: float) -> str:
+    rows = sorted(results, key=lambda r: -r["mIoU"])
+    lines = [
+        f"No CRF: mIoU {unary_miou:.2f}",
+        "",
+        "| stage | bi_w | bi_xy_std | bi_rgb_std | mIoU | gain | pixel acc |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['stage']} | {r['bi_w']:g} | {r['bi_xy_std']:g} | {r['bi_rgb_std']:g} | "
+            f"{r['mIoU']:.2f} | {r['mIoU'] - unary_miou:+.2f} | {r['pixel_acc']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("probs_dir", help="folder of .npz files from evaluate.py save_probs=<dir>")
+    p.add_argument("--limit", type=int, default=100, help="first N images (paper: 100; 0 = all)")
+    p.add_argument("--backend", choices=("pydensecrf", "torch"), default=None,
+                   help="default: torch on a GPU, else pydensecrf over all cores")  # fmt: skip
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="pydensecrf processes (default: all cores)"
+    )
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--pos-w", type=float, default=3.0)
+    p.add_argument("--pos-xy-std", type=float, default=3.0)
+    p.add_argument("--normalization", choices=("symmetric", "per_pixel"), default="symmetric")
+    for axis, values in COARSE.items():
+        p.add_argument(f"--{axis.replace('_', '-')}", type=float, nargs="+", default=values)
+    p.add_argument("--fine-steps", type=float, nargs=3, metavar=("BI_W", "BI_XY", "BI_RGB"),
+                   help="fine-stage steps (default: half the coarse spacing)")  # fmt: skip
+    p.add_argument("--no-fine", action="store_true", help="coarse grid only")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default: PROBS_DIR/crf_search.json)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    backend = args.backend or ("torch" if torch.cuda.is_available() else "pydensecrf")
+    images, probs, masks = load_split(args.probs_dir, args.limit or None)
+    grid = {a: getattr(args, a) for a in AXES}
+    fine = None
+    if not args.no_fine:
+        fine = dict(zip(AXES, args.fine_steps, strict=True)) if args.fine_steps else {
+            a: half_spacing(grid[a]) for a in AXES
+        }  # fmt: skip
+    crf_kwargs = {
+        "iterations": args.iterations, "pos_w": args.pos_w, "pos_xy_std": args.pos_xy_std,
+        "normalization": args.normalization, "backend": backend,
+    }  # fmt: skip
+    unary = score(probs, masks)
+    print(
+        f"{len(images)} images from {args.probs_dir}; backend {backend}; "
+        f"no CRF: mIoU {unary['mIoU']:.2f}"
+    )
+    results, best = search(images, probs, masks, grid, fine, crf_kwargs, args.num_workers)
+
+    table = markdown(results, unary["mIoU"])
+    print("\n" + table + "\n")
+    print(
+        f"Best: bi_w={best['bi_w']:g} bi_xy_std={best['bi_xy_std']:g} "
+        f"bi_rgb_std={best['bi_rgb_std']:g} "
+        f"(pos_w={args.pos_w:g} pos_xy_std={args.pos_xy_std:g}): mIoU {best['mIoU']:.2f} "
+        f"({best['mIoU'] - unary['mIoU']:+.2f} over no CRF)"
+    )
+    report = {
+        "probs_dir": str(args.probs_dir),
+        "num_images": len(images),
+        "unary": {k: unary[k] for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU")},
+        "fixed": {k: v for k, v in crf_kwargs.items()},
+        "best": best,
+        "results": results,
+    }
+    out = args.out or Path(args.probs_dir) / "crf_search.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"Wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""SGD with DeepLab's per-group LR multipliers and the iteration-based poly / step schedules.
+
+The Caffe solvers (SPEC §2) give biases 2x LR and no decay, and the final classifier 10x (weights)
+and 20x (biases). Schedules are multipliers of the base LR indexed by optimizer step, applied with
+`LambdaLR` every step; Lightning counts optimizer steps (not micro-batches) in `global_step`, so
+with gradient accumulation `trainer.max_steps` is the paper's iteration count.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# (name, lr multiplier, weight decay multiplier), in the order of the param groups.
+GROUPS = (
+    ("weight", 1.0, 1.0),
+    ("bias", 2.0, 0.0),
+    ("classifier_weight", 10.0, 1.0),
+    ("classifier_bias", 20.0, 0.0),
+)
+
+
+def param_groups(net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into DeepLab's four groups; frozen ones are left out.
+
+    Biases are the 1-D parameters (conv/linear biases); the classifier is whatever
+    `net.classifier_parameters()` names, so the split works for any network that has it.
+    """
+    if not hasattr(net, "classifier_parameters"):
+        raise ValueError(
+            f"{type(net).__name__} has no classifier_parameters(): every network must name its "
+            "final classifier layers so that they get LR x10 / x20 (see CONTRACTS: Models)."
+        )
+    classifier = {id(p) for p in net.classifier_parameters()}
+    buckets: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in GROUPS}
+    for p in net.parameters():
+        if not p.requires_grad:
+            continue
+        prefix = "classifier_" if id(p) in classifier else ""
+        buckets[prefix + ("bias" if p.ndim == 1 else "weight")].append(p)
+    return [
+        {
+            "name": name,
+            "params": buckets[name],
+            "lr": lr * lr_mult,
+            "weight_decay": weight_decay * wd_mult,
+        }
+        for name, lr_mult, wd_mult in GROUPS
+        if buckets[name]
+    ]
+
+
+def build_sgd(
+    net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+) -> torch.optim.SGD:
+    """SGD over `param_groups(net)`; each group's `initial_lr` is its multiplied base LR."""
+    return torch.optim.SGD(param_groups(net, lr, weight_decay), lr=lr, momentum=momentum)
+
+
+@dataclass
+class Poly:
+    """lr = base * (1 - step / max_steps) ** power, updated every step (Caffe `lr_policy: poly`)."""
+
+    max_steps: int
+    power: float = 0.9
+
+    def __call__(self, step: int) -> float:
+        return max(0.0, 1.0 - step / self.max_steps) ** self.power
+
+
+@dataclass
+class Step:
+    """lr = base * gamma ** (step // step_size) (Caffe `lr_policy: step`); `max_steps` is unused."""
+
+    max_steps: int
+    step_size: int = 2000
+    gamma: float = 0.1
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** (step // self.step_size)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over all groups; `schedule` is a factory such as `partial(Poly, power=0.9)`."""
+    if max_steps is None or max_steps <= 0:
+        raise ValueError(
+            f"trainer.max_steps is {max_steps}: the iteration-based LR schedules need it set, "
+            "e.g. trainer.max_steps=20000 (SPEC §2)."
+        )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(max_steps=max_steps))

@@ -1,0 +1,200 @@
+"""What `train.py`, `evaluate.py` and `predict.py` do, as functions that tests and notebooks call.
+
+Each takes the composed Hydra config and the run directory, and returns what it measured.
+"""
+
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+
+from deeplab import visuals
+from deeplab.callbacks import EpochSeed, Throughput, ValOverlays, log_images
+from deeplab.checkpoint import load_network
+from deeplab.data.transforms import normalize
+from deeplab.inference import probabilities, wrap
+from deeplab.loggers import build_loggers
+from deeplab.module import SegmentationModule
+from deeplab.results import as_metrics, print_table, write_metrics
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
+    """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
+    crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
+    optim = cfg.get("optim") or {}
+    return SegmentationModule(
+        net,
+        datamodule.class_names,
+        schedule=hydra.utils.instantiate(cfg.schedule) if cfg.get("schedule") else None,
+        crf=crf,
+        crf_workers=cfg.get("crf_workers", 1),
+        mean=datamodule.mean,
+        std=datamodule.std,
+        ignore_index=datamodule.ignore_index,
+        keep_samples=cfg.get("val_samples", 0),
+        **optim,
+        **kwargs,
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Fit, validate the final weights on the whole val split (with CRF if set), save results.
+
+    `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
+    """
+    run_dir = Path(run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model)
+    module = build_module(cfg, datamodule, net)
+    loggers = build_loggers(cfg.get("logger"), run_dir)
+    throughput = Throughput()
+    callbacks = (
+        list(callbacks or [])
+        + [
+            *checkpoints(run_dir / "checkpoints"),
+            EpochSeed(cfg.seed),
+            throughput,
+            ValOverlays(datamodule.palette),
+            RichProgressBar(),
+        ]
+        + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
+    )
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
+    metrics = validate(trainer, module, datamodule)
+    metrics["params"] = sum(p.numel() for p in net.parameters())
+    metrics["train_img_per_s"] = throughput.img_per_s
+    finish(trainer, module, datamodule, metrics, run_dir)
+    return metrics
+
+
+def checkpoints(dirpath: Path) -> list[ModelCheckpoint]:
+    """`last.ckpt` after every validation (to resume) and `best-step<N>.ckpt` by val/mIoU.
+
+    Both save after validation, never at a train-epoch end, so every checkpoint has its val/mIoU.
+    """
+    common = dict(dirpath=dirpath, save_on_train_epoch_end=False, enable_version_counter=False)
+    return [
+        ModelCheckpoint(filename="last", **common),
+        ModelCheckpoint(
+            filename="best-step{step}",
+            monitor="val/mIoU",
+            mode="max",
+            auto_insert_metric_name=False,
+            **common,
+        ),
+    ]
+
+
+def validate(trainer: pl.Trainer, module: SegmentationModule, datamodule) -> dict:
+    """One pass over the val split; the CRF (when configured) refines the same predictions."""
+    module.use_crf = module.crf is not None
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return as_metrics(module.results)
+
+
+def finish(trainer: pl.Trainer, module: SegmentationModule, datamodule, metrics, run_dir) -> None:
+    """Rank 0 writes metrics.json, kept predictions, the figure and the confusion matrix."""
+    if not trainer.is_global_zero:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(run_dir / "metrics.json", metrics)
+    save_samples(module.samples, datamodule.palette, run_dir)
+    key = "val_crf" if "val_crf" in module.confusions else "val"
+    confusion = visuals.figure_array(
+        visuals.confusion_figure(module.confusions[key], module.class_names)
+    )
+    visuals.save_rgb(run_dir / "confusion.png", confusion)
+    log_images(trainer.loggers, f"{key}/confusion", [confusion], [key], trainer.global_step)
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            logger.experiment.finish()
+    print_table(metrics)
+
+
+def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
+    """Palette PNGs of the kept val predictions and the image | truth | prediction | CRF figure."""
+    if not samples:
+        return
+    out = run_dir / "predictions"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, sample in samples.items():
+        visuals.save_mask(out / f"{name}.png", sample["pred"], palette)
+        if "crf" in sample:
+            visuals.save_mask(out / f"{name}_crf.png", sample["crf"], palette)
+    fig = visuals.comparison_figure(samples, palette)
+    fig.savefig(run_dir / "figure.png", dpi=100)
+    visuals.figure_array(fig)  # closes it
+
+
+def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
+    run_dir = Path(run_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = load_network(hydra.utils.instantiate(cfg.model), cfg.ckpt_path, datamodule.num_classes)
+    net = wrap(net, datamodule.num_classes, **cfg.tta)
+    module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=str(run_dir)
+    )
+    metrics = validate(trainer, module, datamodule)
+    metrics["checkpoint"] = str(cfg.ckpt_path)
+    finish(trainer, module, datamodule, metrics, run_dir)
+    return metrics
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """One image, or every image in a folder (sorted); a clear error when there is none."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(
+            f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
+        )
+    return files
+
+
+@torch.no_grad()
+def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
+    """Images -> `masks/<stem>.png` (palette PNG) and `overlays/<stem>.jpg` under the output dir."""
+    out = Path(cfg.get("output_dir") or run_dir)
+    files = image_files(cfg.input)
+    datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only
+    device = torch.device(
+        cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    net = load_network(hydra.utils.instantiate(cfg.model), cfg.ckpt_path, datamodule.num_classes)
+    net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
+    crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in files:
+        rgb = np.array(Image.open(path).convert("RGB"))  # a writable copy: the CRF needs one
+        image = normalize(rgb, datamodule.mean, datamodule.std)[None].to(device)
+        probs = probabilities(net, image, rgb.shape[:2])[0].cpu().numpy()
+        if crf is not None:
+            probs = crf(rgb, probs)
+        mask = np.asarray(probs).argmax(0)
+        visuals.save_mask(out / "masks" / f"{path.stem}.png", mask, datamodule.palette)
+        visuals.save_rgb(
+            out / "overlays" / f"{path.stem}.jpg", visuals.overlay(rgb, mask, datamodule.palette)
+        )
+        written.append(out / "masks" / f"{path.stem}.png")
+    return written

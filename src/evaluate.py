@@ -1,0 +1,20 @@
+"""Score a checkpoint on the val split: `python src/evaluate.py ckpt_path=... [model=...]`.
+
+Use the same data / model / backbone groups as training. Options: `tta.scales=[0.5,0.75,1.0]`,
+`tta.flip=true`, `tta.tile=513` (sliding window), `crf=...`, `save_probs=<dir>`.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from deeplab.pipeline import evaluate
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    return evaluate(cfg, HydraConfig.get().runtime.output_dir)["val/mIoU"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Segment images: `python src/predict.py ckpt_path=... input=<image or folder> [crf=...]`.
+
+Writes palette PNG masks (`masks/`) and colour overlays (`overlays/`) into `output_dir`
+(default: the Hydra run directory).
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from deeplab.pipeline import predict
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    written = predict(cfg, HydraConfig.get().runtime.output_dir)
+    print(f"wrote {len(written)} masks to {written[0].parent}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The dense CRF: the torch lattice port against the real pydensecrf, and the callable's contract.
+
+Runs on CPU only (no GPU in CI); the torch code is device-agnostic.
+"""
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deeplab.crf import DenseCRF, refine_many
+from deeplab.crf.search import score
+
+NUM_VOC_IMAGES = 5
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CRF's many small tensor ops crawl when OpenMP threads fight over busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def degraded_softmax(mask: np.ndarray, num_classes: int = 21, seed: int = 0) -> np.ndarray:
+    """A coarse, noisy "network output" from the truth: one-hot, 8x average-pooled, noised,
+    bilinearly upsampled, softmaxed. Ignore (255) pixels, the band along object boundaries,
+    vote for background here; scoring leaves them out."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.from_numpy(mask.astype(np.int64))
+    one_hot = F.one_hot(torch.where(m == 255, 0, m), num_classes)
+    low = F.avg_pool2d(one_hot.permute(2, 0, 1).float()[None], 8, ceil_mode=True)
+    low = 4 * low + 1.0 * torch.randn(low.shape, generator=g)
+    up = F.interpolate(low, size=mask.shape, mode="bilinear", align_corners=False)
+    return torch.softmax(up[0], 0).numpy()
+
+
+@cache
+def voc_val(root: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(image, degraded probs, mask) for the first val images, at full size."""
+    voc = root / "VOC2012"
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()[:NUM_VOC_IMAGES]
+    out = []
+    for i, name in enumerate(ids):
+        image = np.array(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+        mask = np.array(Image.open(voc / "SegmentationClass" / f"{name}.png"))
+        out.append((image, degraded_softmax(mask, seed=i), mask))
+    return out
+
+
+@cache
+def refined_voc(root: Path, normalization: str) -> dict:
+    data = voc_val(root)
+    images, probs = [d[0] for d in data], [d[1] for d in data]
+    kw = dict(normalization=normalization)  # the released VGG-16 setting is the default
+    return {
+        "pydensecrf": refine_many(DenseCRF(backend="pydensecrf", **kw), images, probs, 1),
+        "torch": refine_many(DenseCRF(backend="torch", **kw), images, probs),
+    }
+
+
+def test_torch_port_matches_pydensecrf_on_voc(voc_sample_root):
+    data = voc_val(voc_sample_root)
+    out = refined_voc(voc_sample_root, "symmetric")
+    agree = [
+        (a.argmax(0) == b.argmax(0)).mean()
+        for a, b in zip(out["pydensecrf"], out["torch"], strict=True)
+    ]
+    masks = [d[2] for d in data]
+    unary = score([d[1] for d in data], masks)["mIoU"]
+    ref, port = (score(out[k], masks)["mIoU"] for k in ("pydensecrf", "torch"))
+    print(
+        f"agreement {100 * np.mean(agree):.4f}%, mIoU unary {unary:.2f} "
+        f"pydensecrf {ref:.2f} torch {port:.2f}"
+    )
+    assert np.mean(agree) >= 0.995
+    assert abs(ref - port) <= 0.1
+    assert ref > unary and port > unary
+    # Not merely the same labels: the same marginals, to float precision.
+    assert (
+        max(np.abs(a - b).max() for a, b in zip(out["pydensecrf"], out["torch"], strict=True))
+        < 1e-4
+    )
+
+
+def test_per_pixel_normalisation_matches_pydensecrf(voc_sample_root):
+    image, probs, _ = voc_val(voc_sample_root)[0]
+    image, probs = image[::2, ::2].copy(), probs[:, ::2, ::2].copy()  # half size: keeps it quick
+    kw = dict(normalization="per_pixel", bi_xy_std=25)
+    ref = DenseCRF(backend="pydensecrf", **kw)(image, probs)
+    port = DenseCRF(backend="torch", **kw)(image, probs)
+    assert np.abs(ref - port).max() < 1e-4
+    # ... and it is a different CRF from the symmetric one.
+    sym = DenseCRF(backend="pydensecrf", bi_xy_std=25)(image, probs)
+    assert np.abs(sym - ref).max() > 1e-3
+
+
+def test_lattice_padding_and_resnet_setting_match_pydensecrf():
+    """Odd pixel count (densecrf pads to blocks of 4 with zero features, which add lattice points),
+    dark pixels near the origin where that matters, and the ResNet-101 setting (pos_xy_std 1)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(2, 12, (37, 41, 3)).astype(np.uint8)
+    probs = rng.dirichlet(np.full(5, 0.5), (37, 41)).transpose(2, 0, 1).astype(np.float32)
+    for kw in (
+        dict(bi_w=10, bi_xy_std=5, bi_rgb_std=3),
+        dict(pos_xy_std=1, bi_xy_std=67, bi_rgb_std=3),
+    ):
+        ref = DenseCRF(backend="pydensecrf", **kw)(image, probs)
+        port = DenseCRF(backend="torch", **kw)(image, probs)
+        assert np.abs(ref - port).max() < 1e-4
+
+
+def small_case(seed: int = 0, size=(48, 64), classes: int = 4):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+    probs = rng.dirichlet(np.ones(classes), size).transpose(2, 0, 1).astype(np.float32)
+    return image, probs
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_deterministic_and_normalised(backend):
+    image, probs = small_case()
+    crf = DenseCRF(backend=backend)
+    a, b = crf(image, probs), crf(image.copy(), probs.copy())
+    assert np.array_equal(a, b)
+    assert a.shape == probs.shape and a.dtype == np.float32
+    assert (a >= 0).all() and np.allclose(a.sum(0), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_uniform_image_with_confident_unary_is_unchanged(backend):
+    image = np.full((40, 50, 3), 128, np.uint8)
+    probs = np.full((3, 40, 50), 0.005, np.float32)
+    probs[1] = 0.99
+    out = DenseCRF(backend=backend)(image, probs)
+    assert (out.argmax(0) == 1).all()
+    assert (out[1] >= probs[1] - 1e-6).all()  # smoothing only reinforces a unanimous label
+
+
+def test_types_and_devices_round_trip():
+    image, probs = small_case()
+    crf = DenseCRF(backend="torch")
+    t = crf(torch.from_numpy(image), torch.from_numpy(probs).half())
+    assert (
+        isinstance(t, torch.Tensor) and t.dtype == torch.float16 and t.device == torch.device("cpu")
+    )
+    n = DenseCRF(backend="pydensecrf")(image, torch.from_numpy(probs))
+    assert isinstance(n, torch.Tensor) and n.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "image, probs, match",
+    [
+        (np.zeros((8, 9, 3), np.float32), np.full((2, 8, 9), 0.5, np.float32), "uint8"),
+        (np.zeros((8, 9), np.uint8), np.full((2, 8, 9), 0.5, np.float32), r"\(H, W, 3\)"),
+        (np.zeros((8, 9, 3), np.uint8), np.full((2, 8, 10), 0.5, np.float32), "differ in size"),
+        (np.zeros((8, 9, 3), np.uint8), np.ones((2, 8, 9), np.int64), "floating-point"),
+        (np.zeros((8, 9, 3), np.uint8), np.full((8, 9), 0.5, np.float32), r"\(C, H, W\)"),
+    ],
+)
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_bad_inputs_raise_clear_errors(backend, image, probs, match):
+    with pytest.raises(ValueError, match=match):
+        DenseCRF(backend=backend)(image, probs)
+
+
+def test_bad_settings_raise_clear_errors():
+    with pytest.raises(ValueError, match="crf.backend"):
+        DenseCRF(backend="cuda")
+    with pytest.raises(ValueError, match="crf.normalization"):
+        DenseCRF(normalization="before")
+    with pytest.raises(ValueError, match="crf.bi_rgb_std"):
+        DenseCRF(bi_rgb_std=0)
+
+
+def test_refine_many_processes_and_batches_match_single_calls():
+    cases = [small_case(seed, size) for seed, size in enumerate([(48, 64), (33, 47), (48, 64)])]
+    images, probs = [c[0] for c in cases], [c[1] for c in cases]
+    for backend, workers in (("pydensecrf", 2), ("torch", None)):
+        crf = DenseCRF(backend=backend, bi_xy_std=20)
+        many = refine_many(crf, images, probs, num_workers=workers)
+        single = [crf(i, p) for i, p in zip(images, probs, strict=True)]
+        for m, s in zip(many, single, strict=True):
+            np.testing.assert_allclose(m, s, atol=1e-6)

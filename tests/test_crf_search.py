@@ -1,0 +1,119 @@
+"""CRF tuning on saved probabilities: the .npz format, the grid search and the Hydra app."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from test_crf import one_thread  # noqa: F401  (autouse: one torch thread)
+
+from deeplab.crf import DenseCRF, load_probabilities, probability_files, save_probabilities
+from deeplab.crf.search import confusion, main
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+
+def two_squares(seed: int, size=(40, 48)):
+    """A dark image with a bright square (class 1), its truth, and a blurry noisy softmax."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    image = np.full((h, w, 3), 40, np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    image[8:28, 10:34] = 200
+    mask[8:28, 10:34] = 1
+    mask[:, :2] = 255
+    logits = rng.normal(0, 1.0, (3, h, w)).astype(np.float32)
+    logits[0] += 1.5 * (mask != 1)
+    logits[1] += 1.5 * (mask == 1)
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    return image + rng.integers(0, 5, image.shape, dtype=np.uint8), probs, mask
+
+
+@pytest.fixture
+def probs_dir(tmp_path):
+    for i in range(3):
+        save_probabilities(tmp_path / f"img{i}", *two_squares(i))
+    return tmp_path
+
+
+def test_save_and_load_round_trip(probs_dir):
+    image, probs, mask = two_squares(0)
+    files = probability_files(probs_dir)
+    assert [f.name for f in files] == ["img0.npz", "img1.npz", "img2.npz"]
+    got_image, got_probs, got_mask = load_probabilities(files[0])
+    assert np.array_equal(got_image, image) and np.array_equal(got_mask, mask)
+    assert got_mask.dtype == np.int64 and got_probs.dtype == np.float32
+    np.testing.assert_allclose(got_probs, probs, atol=1e-3)  # stored as float16
+
+
+def test_bad_probability_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="save_probs"):
+        probability_files(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no .npz"):
+        probability_files(tmp_path)
+    image, probs, mask = two_squares(0)
+    with pytest.raises(ValueError, match="probs must be float"):
+        save_probabilities(tmp_path / "x", image, probs[:, :-1], mask)
+    np.savez(tmp_path / "bad.npz", image=image)
+    with pytest.raises(ValueError, match="missing keys"):
+        load_probabilities(tmp_path / "bad.npz")
+
+
+def test_confusion_counts_and_skips_ignore():
+    truth = np.array([[0, 1, 255], [2, 2, 1]])
+    pred = np.array([[0, 2, 1], [2, 1, 1]])
+    n = confusion([pred], [truth], 3)
+    assert n.tolist() == [[1, 0, 0], [0, 1, 1], [0, 1, 1]]
+
+
+def test_grid_search_finds_a_setting_that_beats_no_crf(probs_dir, capsys):
+    out = probs_dir / "search.json"
+    report = main(
+        [str(probs_dir), "--backend", "torch", "--bi-w", "0.5", "5", "--bi-xy-std", "20",
+         "--bi-rgb-std", "10", "--fine-steps", "1", "5", "2", "--out", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| stage | bi_w |" in printed and "Best: bi_w=" in printed
+    saved = json.loads(out.read_text())
+    assert saved["best"] == report["best"]
+    coarse = [r for r in saved["results"] if r["stage"] == "coarse"]
+    fine = [r for r in saved["results"] if r["stage"] == "fine"]
+    assert len(coarse) == 2 and len(fine) == 3 * 3 * 3 - 1  # the best coarse point is not rerun
+    assert saved["best"]["mIoU"] == max(r["mIoU"] for r in saved["results"])
+    assert saved["best"]["mIoU"] > saved["unary"]["mIoU"]
+
+
+def test_crf_configs_compose_to_the_released_settings():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name, expected in (
+            ("deeplab_vgg16", (4, 49, 5, 3, 3)),
+            ("deeplab_resnet101", (4, 67, 3, 3, 1)),
+        ):
+            cfg = compose("crf_eval", overrides=[f"crf={name}", "probs_dir=x", "crf.backend=torch"])
+            crf = instantiate(cfg.crf)
+            assert isinstance(crf, DenseCRF) and crf.backend == "torch" and crf.iterations == 10
+            assert (crf.bi_w, crf.bi_xy_std, crf.bi_rgb_std, crf.pos_w, crf.pos_xy_std) == expected
+        assert compose("crf_eval", overrides=["crf=none", "probs_dir=x"]).crf is None
+
+
+@pytest.mark.slow
+def test_crf_eval_multirun_writes_metrics_per_job(probs_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, str(REPO / "src" / "crf_eval.py"), "-m", f"probs_dir={probs_dir}",
+        "crf=deeplab_vgg16", "crf.backend=torch", "crf.bi_xy_std=20", "crf.bi_w=0.5,5",
+        f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, text=True, env=env)
+    metrics = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
+    assert [m["crf"]["bi_w"] for m in metrics] == [0.5, 5.0]
+    for m in metrics:
+        assert m["num_images"] == 3 and {"val/mIoU", "val_crf/mIoU", "val_crf/IoU"} <= set(m)
+    assert metrics[1]["val_crf/mIoU"] > metrics[1]["val/mIoU"]

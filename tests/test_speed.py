@@ -1,0 +1,112 @@
+"""Speed options give the plain path's outputs within stated tolerances (CPU, tiny networks)."""
+
+import pytest
+import torch
+
+from deeplab import speed
+from deeplab.models import build_deeplab
+from deeplab.models.atrous import AtrousConv2d
+
+
+def tiny_net(backbone: str = "vgg16", **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_deeplab(4, {"name": backbone}, rates=[2, 4], width_mult=0.0625, **kw)
+    return net.eval()
+
+
+def outputs(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return net(x)
+
+
+@pytest.fixture
+def image() -> torch.Tensor:
+    return torch.randn(1, 3, 41, 41, generator=torch.Generator().manual_seed(1))
+
+
+def test_defaults_change_nothing(image):
+    net = tiny_net()
+    want = outputs(net, image)
+    keys = list(net.state_dict())
+    assert speed.apply(net, None) is net
+    assert all(m.mode == "auto" for m in net.modules() if isinstance(m, AtrousConv2d))
+    torch.testing.assert_close(outputs(net, image), want, rtol=1e-5, atol=1e-6)
+    assert list(net.state_dict()) == keys
+
+
+def test_atrous_mode_is_applied_to_every_layer():
+    net = speed.apply(tiny_net("resnet101"), {"atrous_mode": "space_to_batch"})
+    modes = {m.mode for m in net.modules() if isinstance(m, AtrousConv2d)}
+    assert modes == {"space_to_batch"}
+
+
+def test_unknown_keys_and_modes_are_clear_errors():
+    with pytest.raises(ValueError, match="speed has unknown keys"):
+        speed.apply(tiny_net(), {"channel_last": True})
+    with pytest.raises(ValueError, match="speed.atrous_mode"):
+        speed.apply(tiny_net(), {"atrous_mode": "fast"})
+
+
+def test_channels_last_matches_plain_path(image):
+    """Same float32 arithmetic in a different memory order: within 1e-5 relative."""
+    plain = tiny_net()
+    want = outputs(plain, image)
+    net = speed.apply(tiny_net(), {"channels_last": True})
+    assert net.backbone.stages.stage1.conv1_1.weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    torch.testing.assert_close(outputs(net, image), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_matches_plain_path_within_bf16_rounding(image):
+    """Lightning's `precision=bf16-mixed` runs the model under this autocast. bfloat16 keeps 8
+    mantissa bits (~0.4% per rounding), so after ~15 layers logits agree within 5% of their range
+    and the arg-max class agrees almost everywhere."""
+    net = tiny_net()
+    want = outputs(net, image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = outputs(net, image)
+    assert got.dtype == torch.bfloat16
+    scale = want.abs().max().item()
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05 * scale)
+    assert (got.argmax(1) == want.argmax(1)).float().mean() > 0.9
+
+
+@pytest.mark.slow
+def test_compile_matches_plain_path(image):
+    """torch.compile (inductor, C++ on CPU) fuses and reorders float ops: within 1e-4 relative.
+    The compiled net computes its atrous layers by space-to-batch, the reference by dilation.
+    Two layers only: compiling a whole VGG takes minutes on this CPU."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        AtrousConv2d(3, 4, 3, rate=2), torch.nn.ReLU(), AtrousConv2d(4, 2, 4, rate=3)
+    ).eval()
+    want = outputs(speed.apply(net, {"atrous_mode": "dilation"}), image)
+    keys = list(net.state_dict())
+    speed.apply(net, {"compile": True, "atrous_mode": "space_to_batch"})
+    torch.testing.assert_close(outputs(net, image), want, rtol=1e-4, atol=1e-5)
+    assert list(net.state_dict()) == keys  # checkpoints stay interchangeable
+
+
+def test_bench_measures_a_tiny_model():
+    """experiments/bench.py's per-model measurement, in-process on a 1/16-width net."""
+    import argparse
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "experiments" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(
+        threads=1, device="cpu", cudnn_benchmark=False, width_mult=0.0625, atrous_mode="auto",
+        channels_last=True, compile=False, precision="bf16-mixed", batch=1, crop=33,
+        infer_size=33, warmup=1, steps=1,
+    )  # fmt: skip
+    row = bench.measure_model("vgg16/largefov", args)
+    assert row["train_step_s"] > 0 and row["train_img_per_s"] == pytest.approx(
+        1 / row["train_step_s"]
+    )
+    assert row["infer_img_per_s"] > 0 and row["train_peak_mem_mib"] > 0
+    flops = bench.step_flops("vgg16/largefov", 0.0625, 33, 1)
+    assert flops > 3 * 2 * 33 * 33 * 3 * 9 * 4  # at least conv1_1's forward + backward
