@@ -273,9 +273,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
 
     meta = {
-        "device": torch.cuda.get_device_name()
-        if args.device == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active)"),
