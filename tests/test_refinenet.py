@@ -10,6 +10,7 @@ from deeplab.config import compose
 from deeplab.models import RefineNet, build_refinenet, count_parameters
 from deeplab.models.pretrained import apply_plan, resnet_plan
 from deeplab.models.refinenet import RCU, ChainedResidualPooling, MultiResolutionFusion
+from deeplab.optim import build_sgd
 from describe import describe, format_table
 
 RESNET = {"name": "resnet101", "pretrained": None}
@@ -101,6 +102,19 @@ def test_frozen_bn_backbone_classifier_and_pretrained_plan():
     full = meta_refinenet()
     plan = resnet_plan(full.backbone, "backbone.")
     apply_plan(full, tv_resnet101(1.0, "meta"), plan, ("fc.",), "torchvision resnet101")
+
+
+def test_optimizer_runs_the_resnet_at_a_tenth_of_the_lr_even_under_msc():
+    net = meta("refinenet", "model.msc=true", "model.width_mult=0.0625")
+    groups = {g["name"]: g for g in build_sgd(net, 1e-3).param_groups}
+    assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(
+        {"weight": 1e-3, "bias": 2e-3, "classifier_weight": 1e-2, "classifier_bias": 2e-2}
+        | {"backbone_weight": 1e-4}  # ResNet convs have no bias; its BN is frozen
+    )
+    backbone = [p for p in net.net.backbone.parameters() if p.requires_grad]
+    assert {id(p) for p in groups["backbone_weight"]["params"]} == {id(p) for p in backbone}
+    in_groups = sorted(id(p) for g in groups.values() for p in g["params"])
+    assert in_groups == sorted(id(p) for p in net.parameters() if p.requires_grad)
 
 
 @pytest.mark.parametrize(

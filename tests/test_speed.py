@@ -110,3 +110,15 @@ def test_bench_measures_a_tiny_model():
     assert row["infer_img_per_s"] > 0 and row["train_peak_mem_mib"] > 0
     flops = bench.step_flops("vgg16/largefov", 0.0625, 33, 1)
     assert flops > 3 * 2 * 33 * 33 * 3 * 9 * 4  # at least conv1_1's forward + backward
+
+
+def test_train_config_has_the_speed_block():
+    """conf/train.yaml's `speed:` holds exactly the keys `speed.apply` takes, at their defaults."""
+    from hydra.utils import instantiate
+
+    from deeplab.config import compose
+
+    cfg = compose("train", ["debug=smoke", "data=synthetic", "speed.atrous_mode=space_to_batch"])
+    assert dict(cfg.speed) == {**speed.DEFAULTS, "atrous_mode": "space_to_batch"}
+    net = speed.apply(instantiate(cfg.model), cfg.speed)
+    assert {m.mode for m in net.modules() if isinstance(m, AtrousConv2d)} == {"space_to_batch"}

@@ -32,11 +32,16 @@ def param_groups(net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
             "final classifier layers so that they get LR x10 / x20 (see CONTRACTS: Models)."
         )
     classifier = {id(p) for p in net.classifier_parameters()}
-    buckets: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in GROUPS}
+    # A network may slow its backbone down (RefineNet's recipe: the ResNet at 0.1x).
+    inner = getattr(net, "net", net)  # MSC: the network it runs
+    mult = getattr(inner, "backbone_lr_mult", 1.0)
+    backbone = {id(p) for p in inner.backbone.parameters()} if mult != 1.0 else set()
+    groups = (*GROUPS, ("backbone_weight", mult, 1.0), ("backbone_bias", 2.0 * mult, 0.0))
+    buckets: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in groups}
     for p in net.parameters():
         if not p.requires_grad:
             continue
-        prefix = "classifier_" if id(p) in classifier else ""
+        prefix = "classifier_" if id(p) in classifier else "backbone_" if id(p) in backbone else ""
         buckets[prefix + ("bias" if p.ndim == 1 else "weight")].append(p)
     return [
         {
@@ -45,7 +50,7 @@ def param_groups(net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
             "lr": lr * lr_mult,
             "weight_decay": weight_decay * wd_mult,
         }
-        for name, lr_mult, wd_mult in GROUPS
+        for name, lr_mult, wd_mult in groups
         if buckets[name]
     ]
 

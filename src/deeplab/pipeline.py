@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 
-from deeplab import visuals
+from deeplab import speed, visuals
 from deeplab.callbacks import EpochSeed, Throughput, ValOverlays, log_images
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
@@ -52,7 +52,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
-    net = hydra.utils.instantiate(cfg.model)
+    net = speed.apply(hydra.utils.instantiate(cfg.model), cfg.get("speed"))
     module = build_module(cfg, datamodule, net)
     loggers = build_loggers(cfg.get("logger"), run_dir)
     throughput = Throughput()
@@ -146,7 +146,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = load_network(hydra.utils.instantiate(cfg.model), cfg.ckpt_path, datamodule.num_classes)
-    net = wrap(net, datamodule.num_classes, **cfg.tta)
+    net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     trainer = hydra.utils.instantiate(
         cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=str(run_dir)

@@ -116,6 +116,7 @@ class RefineNet(nn.Module):
     `widths` are RefineNet-4..1's widths (512, 256, 256, 256). Dropout hits res5 and res4 and
     the final features before the 3x3 classifier, as in the released model. `final_rcus` adds
     RCUs before the classifier (the CVPR paper's 2 extra; 0 in the released code).
+    `backbone_lr_mult` scales the ResNet's learning rate in `deeplab.optim` (0.1 in RN-C).
     """
 
     def __init__(
@@ -128,11 +129,13 @@ class RefineNet(nn.Module):
         output_rcus: int = 3,
         final_rcus: int = 0,
         dropout: float = 0.5,
+        backbone_lr_mult: float = 1.0,
     ):
         super().__init__()
         if len(widths) != len(LEVELS):
             raise ValueError(f"model.widths needs 4 values (RefineNet-4..1), got {list(widths)}")
         self.backbone = backbone
+        self.backbone_lr_mult = backbone_lr_mult  # read by deeplab.optim
         self.blocks = nn.ModuleDict()
         coarser = None
         for (name, feature), width in zip(LEVELS, widths, strict=True):
@@ -168,7 +171,8 @@ def build_refinenet(
 ) -> nn.Module:
     """RefineNet from `conf/model/refinenet.yaml` on ResNet-101 at output stride 32 (no atrous).
 
-    `options` are `RefineNet`'s (path_rcus, crp_stages, output_rcus, final_rcus, dropout).
+    `options` are `RefineNet`'s (path_rcus, crp_stages, output_rcus, final_rcus, dropout,
+    backbone_lr_mult).
     `backbone.pretrained` (torchvision resnet101 file) initialises the ResNet; `stride_in_1x1`
     and `freeze_bn` work as for DeepLab (frozen BN is RefineNet's "global" BN statistics).
     """
