@@ -2,9 +2,9 @@
 
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-import torch
 
 from deeplab.crf import pydensecrf_backend
 from deeplab.crf.dense_crf import DenseCRF, _like, _numpy_image, _numpy_probs, check_inputs
@@ -32,16 +32,20 @@ def refine_many(crf: DenseCRF, images: list, probs: list, num_workers: int | Non
     if workers <= 1:
         out = [pydensecrf_backend.refine_star(job) for job in jobs]
     else:
-        with _context().Pool(workers) as pool:
-            out = list(pool.imap(pydensecrf_backend.refine_star, jobs, chunksize=1))
+        with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+            out = list(pool.map(pydensecrf_backend.refine_star, jobs, chunksize=1))
     return [_like(q, p) for q, p in zip(out, probs, strict=True)]
 
 
 def _context():
-    """fork starts workers at once; spawn is the safe choice once CUDA is initialised."""
-    if "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
-        return mp.get_context("fork")
-    return mp.get_context("spawn")
+    """Never plain fork: a child forked from a process whose torch/OpenMP threads hold a lock
+    deadlocks forever (seen in validation). forkserver forks from a clean single-threaded server;
+    the executor (unlike multiprocessing.Pool) raises instead of hanging if a worker dies."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([pydensecrf_backend.__name__])  # import torch once, not per worker
+    return ctx
 
 
 def _torch_batches(crf: DenseCRF, images: list, probs: list) -> list:
