@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deeplab.config import compose
-from deeplab.optim import build_scheduler, build_sgd
+from deeplab.optim import build_optimizer, build_scheduler, build_sgd
 
 BASE_LR = 1e-3
 MULT = {"weight": 1, "bias": 2, "classifier_weight": 10, "classifier_bias": 20}
@@ -76,3 +76,17 @@ def test_step_size_is_configurable_and_max_steps_is_required():
 def test_a_network_without_classifier_parameters_is_a_clear_error():
     with pytest.raises(ValueError, match="classifier_parameters"):
         build_sgd(torch.nn.Conv2d(3, 2, 1), BASE_LR)
+
+
+def test_adamw_keeps_the_groups_and_the_classifier_multiplier_is_a_knob():
+    _, net = network("model=largefov")
+    optimizer = build_optimizer(net, "adamw", BASE_LR, 0.9, 1e-4, classifier_lr_mult=1.0)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    expected = {"weight": 1, "bias": 2, "classifier_weight": 1, "classifier_bias": 2}
+    for name, group in groups.items():
+        assert group["lr"] == pytest.approx(BASE_LR * expected[name])
+        assert group["weight_decay"] == (0.0 if "bias" in name else 1e-4)
+        assert group["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="optim.name='adam'"):
+        build_optimizer(net, "adam", BASE_LR)

@@ -17,17 +17,20 @@ from deeplab.data.transforms import denormalize
 from deeplab.inference import resize
 from deeplab.losses import segmentation_loss
 from deeplab.metrics import confusion_matrix, flatten, scores
-from deeplab.optim import build_scheduler, build_sgd
+from deeplab.optim import build_optimizer, build_scheduler
 
 
 class SegmentationModule(pl.LightningModule):
-    """Trains `net` with SGD + poly/step schedule; validates with one confusion matrix per split.
+    """Trains `net` with SGD (or AdamW) + poly/step schedule; validates with one confusion matrix
+    per split.
 
     Args:
         net: the network (any nn.Module with `classifier_parameters()`).
         class_names: one name per class; their count is the class count.
         schedule: factory `schedule(max_steps=...) -> lr multiplier(step)`, e.g. `partial(Poly)`.
         lr, momentum, weight_decay: SGD settings of the plain weights (SPEC §2).
+        optimizer: `sgd` (the paper's) or `adamw` (the from-scratch CPU demo); `optim.name`.
+        classifier_lr_mult: LR multiplier of the classifier weights (biases: twice it); 10.
         crf: optional callable `crf(rgb uint8 HxWx3, probs CxHxW) -> probs`; used when `use_crf`.
         mean, std: the normalization, to recover the RGB image for the CRF and the figures.
         keep_samples: how many val images (the first ones) to keep for overlays and figures.
@@ -43,6 +46,8 @@ class SegmentationModule(pl.LightningModule):
         lr: float = 1e-3,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        optimizer: str = "sgd",
+        classifier_lr_mult: float = 10.0,
         crf=None,
         crf_workers: int = 1,
         crf_chunk: int = 16,
@@ -61,6 +66,7 @@ class SegmentationModule(pl.LightningModule):
             momentum,
             weight_decay,
         )
+        self.optimizer, self.classifier_lr_mult = optimizer, classifier_lr_mult
         self.crf, self.crf_workers, self.crf_chunk = crf, crf_workers, crf_chunk
         self.use_crf = False  # the CRF is slow: pipelines switch it on for the final validation
         self.mean, self.std, self.ignore_index = mean, std, ignore_index
@@ -92,7 +98,14 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        optimizer = build_sgd(self.net, self.lr, self.momentum, self.weight_decay)
+        optimizer = build_optimizer(
+            self.net,
+            self.optimizer,
+            self.lr,
+            self.momentum,
+            self.weight_decay,
+            self.classifier_lr_mult,
+        )
         scheduler = build_scheduler(optimizer, self.schedule, self.trainer.max_steps)
         return {
             "optimizer": optimizer,

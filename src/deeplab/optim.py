@@ -1,9 +1,11 @@
-"""SGD with DeepLab's per-group LR multipliers and the iteration-based poly / step schedules.
+"""DeepLab's per-group LR multipliers on SGD (or AdamW), and the poly / step schedules.
 
 The Caffe solvers (SPEC §2) give biases 2x LR and no decay, and the final classifier 10x (weights)
-and 20x (biases). Schedules are multipliers of the base LR indexed by optimizer step, applied with
-`LambdaLR` every step; Lightning counts optimizer steps (not micro-batches) in `global_step`, so
-with gradient accumulation `trainer.max_steps` is the paper's iteration count.
+and 20x (biases). SGD is the paper's optimizer; AdamW is there for the from-scratch CPU demo, which
+has no ImageNet initialization and only minutes to learn in. Schedules are multipliers of the base
+LR indexed by optimizer step, applied with `LambdaLR` every step; Lightning counts optimizer steps
+(not micro-batches) in `global_step`, so with gradient accumulation `trainer.max_steps` is the
+paper's iteration count.
 """
 
 from dataclasses import dataclass
@@ -11,20 +13,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# (name, lr multiplier, weight decay multiplier), in the order of the param groups.
-GROUPS = (
-    ("weight", 1.0, 1.0),
-    ("bias", 2.0, 0.0),
-    ("classifier_weight", 10.0, 1.0),
-    ("classifier_bias", 20.0, 0.0),
-)
+OPTIMIZERS = ("sgd", "adamw")
 
 
-def param_groups(net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def param_groups(
+    net: nn.Module, lr: float, weight_decay: float, classifier_lr_mult: float = 10.0
+) -> list[dict]:
     """Split trainable parameters into DeepLab's four groups; frozen ones are left out.
 
     Biases are the 1-D parameters (conv/linear biases); the classifier is whatever
     `net.classifier_parameters()` names, so the split works for any network that has it.
+    The classifier's weights get `classifier_lr_mult` x LR and its biases twice that (10x / 20x).
     """
     if not hasattr(net, "classifier_parameters"):
         raise ValueError(
@@ -36,7 +35,15 @@ def param_groups(net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
     inner = getattr(net, "net", net)  # MSC: the network it runs
     mult = getattr(inner, "backbone_lr_mult", 1.0)
     backbone = {id(p) for p in inner.backbone.parameters()} if mult != 1.0 else set()
-    groups = (*GROUPS, ("backbone_weight", mult, 1.0), ("backbone_bias", 2.0 * mult, 0.0))
+    # (name, lr multiplier, weight decay multiplier), in the order of the param groups.
+    groups = (
+        ("weight", 1.0, 1.0),
+        ("bias", 2.0, 0.0),
+        ("classifier_weight", classifier_lr_mult, 1.0),
+        ("classifier_bias", 2.0 * classifier_lr_mult, 0.0),
+        ("backbone_weight", mult, 1.0),
+        ("backbone_bias", 2.0 * mult, 0.0),
+    )
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in groups}
     for p in net.parameters():
         if not p.requires_grad:
@@ -56,10 +63,33 @@ def param_groups(net: nn.Module, lr: float, weight_decay: float) -> list[dict]:
 
 
 def build_sgd(
-    net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4
+    net: nn.Module,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    classifier_lr_mult: float = 10.0,
 ) -> torch.optim.SGD:
     """SGD over `param_groups(net)`; each group's `initial_lr` is its multiplied base LR."""
-    return torch.optim.SGD(param_groups(net, lr, weight_decay), lr=lr, momentum=momentum)
+    groups = param_groups(net, lr, weight_decay, classifier_lr_mult)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def build_optimizer(
+    net: nn.Module,
+    name: str = "sgd",
+    lr: float = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    classifier_lr_mult: float = 10.0,
+) -> torch.optim.Optimizer:
+    """`optim.name`: sgd (the paper's) or adamw (betas (momentum, 0.999), decoupled decay), both
+    over the same parameter groups, so biases keep no decay and the LR multipliers apply."""
+    if name == "sgd":
+        return build_sgd(net, lr, momentum, weight_decay, classifier_lr_mult)
+    if name == "adamw":
+        groups = param_groups(net, lr, weight_decay, classifier_lr_mult)
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    raise ValueError(f"optim.name={name!r} is unknown; use one of {OPTIMIZERS}")
 
 
 @dataclass

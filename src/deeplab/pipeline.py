@@ -28,7 +28,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
     """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
     crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
-    optim = cfg.get("optim") or {}
+    optim = dict(cfg.get("optim") or {})
+    optim["optimizer"] = optim.pop("name", "sgd")
     return SegmentationModule(
         net,
         datamodule.class_names,

@@ -53,12 +53,12 @@ def comparison_figure(samples: dict[str, dict], palette: np.ndarray) -> plt.Figu
     fig, axes = plt.subplots(
         len(samples), len(columns), figsize=(2.6 * len(columns), 2.6 * len(samples)), squeeze=False
     )
-    for row, (name, sample) in zip(axes, samples.items(), strict=True):
+    for i, (row, (name, sample)) in enumerate(zip(axes, samples.items(), strict=True)):
         for ax, (key, title) in zip(row, columns, strict=True):
             ax.imshow(sample[key] if key == "image" else colorize(sample[key], palette))
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(title if row is axes[0] else "", fontsize=9)
+            ax.set_title(title if i == 0 else "", fontsize=9)
         row[0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     return fig
