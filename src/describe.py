@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab.models import count_parameters
+from deeplab.receptive_field import paper_fov
 
 COLUMNS = ("model", "backbone", "kernel", "rate", "FOV", "params", "logits", "GFLOPs")
 
@@ -31,7 +32,7 @@ def describe(model: nn.Module, input_size: int = 321) -> dict[str, str]:
     return {
         "kernel": f"{k}x{k}" if k else "-",
         "rate": "/".join(str(r) for r in rates) if rates else "-",
-        "FOV": "/".join(str(8 * r * (k - 1) + 32) for r in rates) if k and rates else "-",
+        "FOV": "/".join(str(paper_fov(k, r)) for r in rates) if k and rates else "-",
         "params": f"{count_parameters(model) / 1e6:.2f}M",
         "logits": "x".join(str(s) for s in logits.shape[-2:]),
         "GFLOPs": f"{flops.get_total_flops() / 1e9:.1f}",

@@ -1,9 +1,10 @@
 """The paper's Tables 1-4 as data: rows, descriptive columns and reported numbers.
 
-Numbers are copied from /work/shared/SPEC.md (source tags in the comments); the row choices are
-the config options that run each row (conf/model, conf/table2_row, conf/table4_row).
+Numbers come from the paper's fact sheet (SPEC.md; source tags in the comments); the row choices
+are the config options that run each row (conf/model, conf/table2_row, conf/table4_row).
 """
 
+from deeplab.receptive_field import paper_fov
 from deeplab.tables.spec import Measure, Row, TableSpec
 
 MIOU = Measure("mIoU", "val/mIoU", plot=True)
@@ -12,15 +13,10 @@ PARAMS = Measure("Params (M)", "params", digits=1, scale=1e-6)
 SPEED = Measure("Speed (img/s)", "train_img_per_s")
 
 
-def _fov(kernel: int, rate: int) -> str:
-    """FOV at fc6 = 8 r (k - 1) + 32 (SPEC §1 [DER]: reproduces all four Table 1 rows)."""
-    return str(8 * rate * (kernel - 1) + 32)
-
-
 def _table1_row(choice: str, kernel: int, rate: int, params: float, speed: float, miou, crf):
     return Row(
         choice,
-        {"Kernel": f"{kernel}x{kernel}", "Rate": str(rate), "FOV": _fov(kernel, rate)},
+        {"Kernel": f"{kernel}x{kernel}", "Rate": str(rate), "FOV": str(paper_fov(kernel, rate))},
         {PARAMS.name: params, SPEED.name: speed, MIOU.name: miou, MIOU_CRF.name: crf},
     )
 
