@@ -19,7 +19,7 @@ import torch
 from deeplab.crf.dense_crf import DenseCRF
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
-from deeplab.metrics import scores
+from deeplab.metrics import confusion_matrix, scores
 
 COARSE = {
     "bi_w": [3.0, 4.0, 5.0, 6.0],
@@ -41,15 +41,11 @@ def load_split(probs_dir, limit: int | None = 100) -> tuple[list, list, list]:
 
 
 def confusion(preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """K x K counts (rows: truth) over all images, 255 and other out-of-range labels skipped."""
-    n = np.zeros(num_classes * num_classes, dtype=np.int64)
+    """K x K counts (rows: truth) over all images, 255 skipped: the training metric's matrix."""
+    matrix = confusion_matrix(num_classes)
     for pred, mask in zip(preds, masks, strict=True):
-        mask, pred = np.asarray(mask, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-        valid = (mask >= 0) & (mask < num_classes)
-        n += np.bincount(
-            mask[valid] * num_classes + pred[valid], minlength=num_classes * num_classes
-        )
-    return n.reshape(num_classes, num_classes)
+        matrix.update(torch.as_tensor(np.asarray(pred)), torch.as_tensor(np.asarray(mask)))
+    return matrix.compute().numpy()
 
 
 def class_names(num_classes: int) -> list[str]:
