@@ -12,7 +12,7 @@ from deeplab.models import MSC, AtrousConv2d, build_deeplab, count_parameters
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODELS = ("fov_7x7_r4", "fov_4x4_r4", "fov_4x4_r8", "largefov", "aspp_s", "aspp_l")
-BACKBONES = ("vgg16", "resnet101")
+BACKBONES = ("vgg16", "vgg16_bn", "resnet101")
 VGG = {"name": "vgg16", "pretrained": None}
 RESNET = {"name": "resnet101", "pretrained": None}
 
@@ -42,6 +42,11 @@ def on_meta(cfg) -> nn.Module:
 def test_parameter_counts_match_the_paper(model, backbone, millions):
     net = on_meta(config(model, backbone))
     assert abs(count_parameters(net) / 1e6 - millions) < 0.01
+
+
+def test_vgg16_bn_adds_a_batchnorm_per_conv_and_nothing_else():
+    plain, bn = (count_parameters(on_meta(config("largefov", b))) for b in ("vgg16", "vgg16_bn"))
+    assert bn - plain == 2 * (2 * 64 + 2 * 128 + 3 * 256 + 6 * 512)  # gamma and beta per channel
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

@@ -14,13 +14,23 @@ def width(c: int, w: float) -> int:
     return max(1, round(c * w))
 
 
-def tv_vgg16(w: float = W, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """torchvision `vgg16().state_dict()` key names and shapes, all widths times w."""
-    state, in_ch = {}, 3
-    indices = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-    for i, c in zip(indices, VGG16_CONVS, strict=True):
-        state[f"features.{i}.weight"] = torch.randn(width(c, w), in_ch, 3, 3, device=device)
-        state[f"features.{i}.bias"] = torch.randn(width(c, w), device=device)
+def tv_vgg16(w: float = W, device: str = "cpu", batch_norm: bool = False):
+    """torchvision `vgg16()` (or `vgg16_bn()`) state-dict key names and shapes, widths times w.
+
+    Their `features` is flat: conv, [bn,] relu per conv and a pool after each stage, so the
+    indices are counted here the way torchvision's builder counts them, independently of ours.
+    """
+    state, in_ch, index = {}, 3, 0
+    stage_ends = {1, 3, 6, 9, 12}  # the last conv of each of the five stages
+    for n, c in enumerate(VGG16_CONVS):
+        state[f"features.{index}.weight"] = torch.randn(width(c, w), in_ch, 3, 3, device=device)
+        state[f"features.{index}.bias"] = torch.randn(width(c, w), device=device)
+        if batch_norm:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                state[f"features.{index + 1}.{name}"] = torch.rand(width(c, w), device=device)
+            state[f"features.{index + 1}.num_batches_tracked"] = torch.tensor(7, device=device)
+        index += 3 if batch_norm else 2
+        index += n in stage_ends  # the pool
         in_ch = width(c, w)
     fc = width(4096, w)
     for i, (n_out, n_in) in zip((0, 3, 6), ((fc, in_ch * 49), (fc, fc), (1000, fc)), strict=True):
@@ -81,6 +91,23 @@ def test_vgg16_largefov_maps_features_and_subsamples_fc6_fc7(tmp_path):
         assert torch.equal(branch.fc6.bias, state["classifier.0.bias"][::4])
         assert torch.equal(branch.fc7.weight[:, :, 0, 0], state["classifier.3.weight"][::4, ::4])
         assert abs(branch.fc8.weight.std().item() - 0.01) < 0.002  # fc8 is new
+
+
+def test_vgg16_bn_maps_convs_and_batchnorms_by_torchvision_index(tmp_path):
+    state = tv_vgg16(batch_norm=True)
+    assert "features.40.weight" in state and "features.41.running_var" in state  # conv5_3, bn5_3
+    torch.save(state, tmp_path / "vgg16_bn.pth")
+    backbone = {"name": "vgg16_bn", "pretrained": str(tmp_path / "vgg16_bn.pth")}
+    net = build_deeplab(21, backbone, width_mult=W)
+    stages = net.backbone.stages
+    assert torch.equal(stages.stage1.conv1_2.weight, state["features.3.weight"])
+    assert torch.equal(stages.stage2.bn2_1.running_mean, state["features.8.running_mean"])
+    assert torch.equal(stages.stage5.conv5_3.bias, state["features.40.bias"])
+    assert torch.equal(stages.stage5.bn5_3.weight, state["features.41.weight"])
+    assert torch.equal(net.head.branches[0].fc6.bias, state["classifier.0.bias"][::4])
+    torch.save(tv_vgg16(), tmp_path / "plain.pth")  # a vgg16 file for a vgg16_bn network
+    with pytest.raises(ValueError, match="missing keys"):
+        build_deeplab(21, backbone | {"pretrained": str(tmp_path / "plain.pth")}, width_mult=W)
 
 
 def test_vgg16_full_width_7x7_and_4x4_fc6(tmp_path):

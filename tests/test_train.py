@@ -51,6 +51,19 @@ def test_smoke_run_keeps_every_stage(smoke_run):
 
 
 @pytest.mark.slow
+def test_demo_recipe_runs_every_stage_and_prints_the_table(tmp_path, capsys):
+    """`make demo`'s own config (its recipe, smoke-sized): BN backbone, AdamW, CRF, table."""
+    shrink = ["debug=smoke", "data.num_train=8", "data.num_val=3", f"data_dir={tmp_path}"]
+    cfg = compose("train", ["experiment=demo", *shrink])
+    assert cfg.model.backbone.name == "vgg16_bn" and cfg.optim.name == "adamw"
+    metrics = train(cfg, tmp_path / "run")
+    assert {"val/mIoU", "val_crf/mIoU"} <= metrics.keys()
+    assert (tmp_path / "run" / "figure.png").is_file()
+    table = capsys.readouterr().out
+    assert "val_crf" in table and "IoU diamond" in table
+
+
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step(data_dir, tmp_path):
     cfg = smoke(data_dir, "optim.lr=1e12")
     with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step \d+"):

@@ -141,7 +141,6 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
             visuals.save_mask(out / f"{name}_crf.png", sample["crf"], palette)
     fig = visuals.comparison_figure(samples, palette)
     fig.savefig(run_dir / "figure.png", dpi=100)
-    visuals.figure_array(fig)  # closes it
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:

@@ -2,12 +2,18 @@
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on training machines
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
+
+
+def new_figure(**kwargs) -> Figure:
+    """A figure drawn by Agg, outside pyplot: no display needed on training machines, nothing to
+    close, and the global backend is left alone (notebooks keep their inline plots)."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -46,13 +52,12 @@ def side_by_side(sample: dict, palette: np.ndarray) -> np.ndarray:
     return np.concatenate(panels, axis=1)
 
 
-def comparison_figure(samples: dict[str, dict], palette: np.ndarray) -> plt.Figure:
+def comparison_figure(samples: dict[str, dict], palette: np.ndarray) -> Figure:
     """Grid with one row per image: image | truth | prediction | after CRF (when present)."""
     columns = [("image", "image"), ("truth", "truth"), ("pred", "prediction"), ("crf", "after CRF")]
     columns = [c for c in columns if all(c[0] in s for s in samples.values())]
-    fig, axes = plt.subplots(
-        len(samples), len(columns), figsize=(2.6 * len(columns), 2.6 * len(samples)), squeeze=False
-    )
+    fig = new_figure(figsize=(2.6 * len(columns), 2.6 * len(samples)))
+    axes = fig.subplots(len(samples), len(columns), squeeze=False)
     for i, (row, (name, sample)) in enumerate(zip(axes, samples.items(), strict=True)):
         for ax, (key, title) in zip(row, columns, strict=True):
             ax.imshow(sample[key] if key == "image" else colorize(sample[key], palette))
@@ -64,12 +69,13 @@ def comparison_figure(samples: dict[str, dict], palette: np.ndarray) -> plt.Figu
     return fig
 
 
-def confusion_figure(confusion: np.ndarray, class_names: list[str]) -> plt.Figure:
+def confusion_figure(confusion: np.ndarray, class_names: list[str]) -> Figure:
     """Row-normalized confusion matrix (rows: truth), so each row shows where a class goes."""
     confusion = np.asarray(confusion, dtype=np.float64)
     rows = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     size = 2 + 0.4 * len(class_names)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = new_figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=90, fontsize=8)
@@ -92,9 +98,7 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str]) -> plt.Figur
     return fig
 
 
-def figure_array(fig: plt.Figure) -> np.ndarray:
-    """Render a figure to an (H, W, 3) uint8 array and close it."""
+def figure_array(fig: Figure) -> np.ndarray:
+    """Render a figure to an (H, W, 3) uint8 array."""
     fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return rgb
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

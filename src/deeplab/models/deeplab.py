@@ -11,7 +11,7 @@ from deeplab.models.resnet import resnet101
 from deeplab.models.vgg import VGGFeatures
 from deeplab.models.width import scale_width
 
-BACKBONES = ("vgg16", "resnet101")
+BACKBONES = ("vgg16", "vgg16_bn", "resnet101")
 
 
 class DeepLab(nn.Module):
@@ -47,8 +47,8 @@ def build_backbone(
     freeze_bn: bool = True,
 ) -> tuple[nn.Module, str]:
     """The output-stride-8 backbone and the name of the feature map the head reads."""
-    if name == "vgg16":
-        return VGGFeatures(width_mult), "pool5"
+    if name in ("vgg16", "vgg16_bn"):
+        return VGGFeatures(width_mult, batch_norm=name == "vgg16_bn"), "pool5"
     if name == "resnet101":
         return resnet101(width_mult, 8, stride_in_1x1, freeze_bn), "res5"
     raise ValueError(f"model.backbone.name={name!r} is unknown; use one of {BACKBONES}")
@@ -84,7 +84,7 @@ def build_deeplab(
     if not rates:
         raise ValueError("model.rates is empty: give at least one atrous rate")
     net, feature = build_backbone(name, width_mult, **opts)
-    if name == "vgg16":
+    if isinstance(net, VGGFeatures):
         width = scale_width(head_width, width_mult)
         branches = [
             VGGBranch(net.out_channels, width, num_classes, kernel_size, r, dropout) for r in rates

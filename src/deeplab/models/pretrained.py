@@ -20,8 +20,6 @@ Transform = Callable[[Tensor], Tensor]
 Plan = list[tuple[str, str, Transform]]
 _same: Transform = lambda t: t
 
-# torchvision `vgg16.features` indices of the 13 convolutions (ReLUs and pools in between).
-TV_VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 TV_FC_SPATIAL = 7  # torchvision's classifier.0 is fc6 as a 7x7 conv over pool5 (512 x 7 x 7)
 
 
@@ -40,13 +38,20 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def vgg16_features_plan(features: VGGFeatures, prefix: str) -> Plan:
-    """torchvision `features.N.{weight,bias}` -> this network's 13 convolutions."""
-    names = [n for n, m in features.named_modules() if isinstance(m, nn.Conv2d)]
-    return [
-        (f"features.{i}.{p}", f"{prefix}{name}.{p}", _same)
-        for i, name in zip(TV_VGG16_CONVS, names, strict=True)
-        for p in ("weight", "bias")
+    """torchvision `vgg16` / `vgg16_bn` `features.N.*` -> this network's convs (and BNs).
+
+    Our stages hold the same layers in the same order as torchvision's flat `features`
+    (conv, [bn,] relu, ..., pool), so a layer's torchvision index is its position in that order.
+    """
+    layers = [
+        (f"stages.{stage_name}.{name}", module)
+        for stage_name, stage in features.stages.items()
+        for name, module in stage.named_children()
     ]
+    plan: Plan = []
+    for i, (name, module) in enumerate(layers):
+        plan += [(f"features.{i}.{k}", f"{prefix}{name}.{k}", _same) for k in module.state_dict()]
+    return plan
 
 
 def _every(n_src: int, n_dst: int, what: str) -> slice:

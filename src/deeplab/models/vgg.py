@@ -18,6 +18,9 @@ class VGGFeatures(nn.Module):
     dilation 2, so pool5 is at output stride 8. FCN: `pool_kernel=2, pool_strides=(2,)*5,
     pool_padding=0, conv5_dilation=1, conv1_padding=100` (output stride 32). Pools round up
     (`ceil_mode`) as Caffe does. Modules are named `stageN.convN_M`, `stageN.poolN`.
+    `batch_norm=True` puts a BatchNorm after every conv, as torchvision's `vgg16_bn` does: not the
+    paper's network, but a plain 13-conv stack trained from scratch (the CPU demo) learns in far
+    fewer steps with it.
     """
 
     def __init__(
@@ -28,6 +31,7 @@ class VGGFeatures(nn.Module):
         pool_padding: int = 1,
         conv5_dilation: int = 2,
         conv1_padding: int | None = None,
+        batch_norm: bool = False,
     ):
         super().__init__()
         if len(pool_strides) != len(VGG16_STAGES):
@@ -43,6 +47,8 @@ class VGGFeatures(nn.Module):
             for m in range(1, n_convs + 1):
                 padding = conv1_padding if (s, m) == (1, 1) else None
                 layers[f"conv{s}_{m}"] = AtrousConv2d(in_ch, out_ch, 3, rate=rate, padding=padding)
+                if batch_norm:
+                    layers[f"bn{s}_{m}"] = nn.BatchNorm2d(out_ch)
                 layers[f"relu{s}_{m}"] = nn.ReLU(inplace=True)
                 in_ch = out_ch
             layers[f"pool{s}"] = nn.MaxPool2d(pool_kernel, stride, pool_padding, ceil_mode=True)

@@ -56,15 +56,13 @@ def _label(spec: TableSpec, result: RowResult) -> str:
 def write_png(spec: TableSpec, results: list[RowResult], path: Path) -> None:
     """Grouped bars per row: each plotted measure, measured (solid) and paper (hatched).
     A row without a measured value gets its status ("failed", "missing") in place of a bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from deeplab.visuals import new_figure
 
     measures = [m for m in spec.measures if m.plot]
     labels = [_label(spec, r) for r in results]
     width = 0.8 / (2 * len(measures))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.8 * len(results) + 2.0), 4.5))
+    fig = new_figure(figsize=(max(7.0, 1.8 * len(results) + 2.0), 4.5))
+    ax = fig.subplots()
     for i, m in enumerate(measures):
         for j, kind in enumerate(("measured", "paper")):
             offset = (2 * i + j - len(measures) + 0.5) * width
@@ -101,4 +99,3 @@ def write_png(spec: TableSpec, results: list[RowResult], path: Path) -> None:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
