@@ -75,7 +75,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # resumable
 
     trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
     metrics = validate(trainer, module, datamodule)
