@@ -1,4 +1,5 @@
-"""Training callbacks: per-epoch reseeding (exact resume), throughput, val mask overlays."""
+"""Training callbacks: per-epoch reseeding (exact resume), throughput, val mask overlays, and
+the progress bar."""
 
 import random
 import time
@@ -6,8 +7,23 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import RichProgressBar
 
 from deeplab.visuals import side_by_side
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar, with "Epoch 5" instead of "Epoch 5/-2" in iteration-based runs.
+
+    Runs stop at `trainer.max_steps` with `max_epochs=-1` (no epoch limit), which pytorch-lightning
+    <= 2.6.6 prints as a total of -2 (Lightning issue #21925, fixed upstream by PR #21924; drop this
+    class once a release with the fix is required).
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            return f"Epoch {current_epoch}".ljust(len(self.validation_description))
+        return super()._get_train_description(current_epoch)
 
 
 class EpochSeed(pl.Callback):

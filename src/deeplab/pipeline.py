@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab import speed, visuals
-from deeplab.callbacks import EpochSeed, Throughput, ValOverlays, log_images
+from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
 from deeplab.inference import probabilities, wrap
@@ -64,7 +64,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
             EpochSeed(cfg.seed),
             throughput,
             ValOverlays(datamodule.palette),
-            RichProgressBar(),
+            ProgressBar(),
         ]
         + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
     )
@@ -151,7 +151,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=False, callbacks=[RichProgressBar()], default_root_dir=str(run_dir)
+        cfg.trainer, logger=False, callbacks=[ProgressBar()], default_root_dir=str(run_dir)
     )
     metrics = validate(trainer, module, datamodule)
     metrics["checkpoint"] = str(cfg.ckpt_path)
