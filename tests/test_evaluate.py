@@ -57,6 +57,12 @@ def test_checkpoint_scores_like_the_training_run_and_with_every_option(tmp_path)
         == plain["val/mIoU"]
     )
 
+    speed = ["speed.atrous_mode=space_to_batch", "speed.channels_last=true"]
+    fast = evaluate(
+        compose("evaluate", [*SMOKE, *data, f"ckpt_path={ckpt}", *speed]), tmp_path / "fast"
+    )
+    assert fast["val/mIoU"] == pytest.approx(plain["val/mIoU"], abs=0.5)  # float rounding only
+
     options = [
         "tta.scales=[0.75,1.0]",
         "tta.flip=true",
