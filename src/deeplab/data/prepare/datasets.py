@@ -12,6 +12,7 @@ from deeplab.data.prepare.fetch import Archive, download, extract
 from deeplab.data.reader import read_ids
 
 # Checksums: "verified" = the same md5 in torchvision's tables and several other projects;
+# "several projects" = the same md5 in independent download scripts, no official table;
 # "one source" = from a single third-party download script (see README); None = none found.
 OFFICIAL = {
     "voc2012": Archive(  # verified
@@ -35,7 +36,7 @@ OFFICIAL = {
         "https://cs.stanford.edu/~roozbeh/pascal-context/59_labels.txt",
         "993901f2d930cc038c406845f08fa082",
     ),
-    "pascal_parts": Archive(  # one source
+    "pascal_parts": Archive(  # several projects
         "http://roozbehm.info/pascal-parts/trainval.tar.gz", "2fa0a19ee9b5e43b2bee520166111120"
     ),
 }
