@@ -1,6 +1,7 @@
 """End-to-end training runs (debug=smoke on the synthetic set) and their failure modes."""
 
 import json
+import re
 
 import pytest
 from hydra.errors import MissingConfigException
@@ -62,6 +63,20 @@ def test_demo_recipe_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "val_crf" in printed and "IoU diamond" in printed  # the final table
     assert "Epoch 0" in printed and "/-2" not in printed  # max_steps runs: no epoch total
+
+    # Evaluating it with evaluate.py's defaults fails twice, each time naming the overrides that
+    # fix it (network, then input normalization); with them it scores as the training run did.
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    data = ["data=synthetic", "data.root=${data_dir}/synthetic_demo", *shrink]
+    overrides = [*data, f"ckpt_path={ckpt}", "val_samples=0"]
+    for expected in ("model.backbone.name=vgg16_bn", "data.std=[58.395,57.12,57.375]"):
+        with pytest.raises(ValueError) as error:
+            evaluate(compose("evaluate", overrides), tmp_path / "eval")
+        hints = re.findall(r'"([^"]+)"', str(error.value))
+        assert expected in hints, str(error.value)
+        overrides += hints
+    scored = evaluate(compose("evaluate", overrides), tmp_path / "eval")
+    assert scored["val/mIoU"] == pytest.approx(metrics["val/mIoU"])
 
 
 @pytest.mark.slow

@@ -1,23 +1,80 @@
 """Loading weights safely: a checkpoint from another class count or architecture fails clearly."""
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 
-def describe(net: nn.Module, num_classes: int) -> dict:
-    """What a checkpoint records about its network, to check against the one loading it."""
-    return {"network": type(net).__name__, "num_classes": num_classes}
+def describe(
+    net: nn.Module,
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    model: dict | None = None,
+) -> dict:
+    """What a checkpoint records about its run, to check against the one loading it: the network,
+    class count, input normalization and the resolved `model` config (for override hints)."""
+    meta: dict = {"network": type(net).__name__, "num_classes": num_classes}
+    if mean is not None and std is not None:
+        meta["normalization"] = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if model is not None:
+        meta["model"] = model
+    return meta
+
+
+def _hydra_value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def model_overrides(saved: dict, current: dict, prefix: str = "model") -> list[str]:
+    """Command-line overrides that turn the `current` model config into the `saved` one.
+
+    Weight-file paths (`pretrained`) are left out: they only initialise training.
+    """
+    out = []
+    for key in sorted(saved):
+        if key == "pretrained" or key not in current:
+            continue
+        a, b = saved[key], current[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += model_overrides(a, b, f"{prefix}.{key}")
+        elif a != b:
+            out.append(f"{prefix}.{key}={_hydra_value(a)}")
+    return out
+
+
+def check_normalization(meta: dict | None, mean, std, source) -> None:
+    """Raise ValueError if this run normalizes inputs differently from the training run: the
+    network would still load and run, and silently score worse."""
+    saved = (meta or {}).get("normalization")
+    if saved is None:
+        return
+    if np.allclose(saved["mean"], mean) and np.allclose(saved["std"], std):
+        return
+    raise ValueError(
+        f"checkpoint {source} was trained on inputs normalized with mean {saved['mean']} and std "
+        f"{saved['std']}, but this run uses mean {list(mean)} and std {list(std)}: pass "
+        f'"data.mean={_hydra_value(saved["mean"])}" "data.std={_hydra_value(saved["std"])}".'
+    )
 
 
 def check_compatible(
-    state_dict: dict, net: nn.Module, meta: dict | None, num_classes: int, source
+    state_dict: dict,
+    net: nn.Module,
+    meta: dict | None,
+    num_classes: int,
+    source,
+    model: dict | None = None,
 ) -> None:
     """Raise ValueError naming the checkpoint and the fix if `state_dict` does not fit `net`.
 
     `state_dict` holds the network's own keys (no `net.` prefix); `meta` is `describe()` of
-    the saving run.
+    the saving run; `model` is this run's resolved model config, compared with the saved one to
+    print the overrides that rebuild the trained network.
     """
     if meta and meta.get("num_classes") != num_classes:
         raise ValueError(
@@ -38,10 +95,14 @@ def check_compatible(
         details = [f"missing {missing[:3]}"] if missing else []
         details += [f"unexpected {unexpected[:3]}"] if unexpected else []
         details += shapes[:3]
+        fix = "Use the same model / backbone / model.width_mult settings it was trained with"
+        hints = model_overrides(meta["model"], model) if meta and "model" in meta and model else []
+        if hints:
+            fix += ": " + " ".join(f'"{h}"' for h in hints)
         raise ValueError(
             f"checkpoint {source}{trained} does not fit the configured {type(net).__name__}: "
             + "; ".join(details)
-            + ". Use the same model / backbone / model.width_mult settings it was trained with."
+            + f". {fix}."
         )
 
 
@@ -51,14 +112,25 @@ def network_state(checkpoint: dict, prefix: str = "net.") -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
 
 
-def load_network(net: nn.Module, path: str | Path, num_classes: int) -> nn.Module:
-    """Load a training checkpoint's weights into `net` after checking that they fit."""
+def load_network(
+    net: nn.Module,
+    path: str | Path,
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    model: dict | None = None,
+) -> nn.Module:
+    """Load a training checkpoint's weights into `net` after checking that they fit, and (given
+    `mean` / `std`) that this run normalizes its inputs as the training run did."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: set ckpt_path to a .ckpt file")
     # Our own Lightning checkpoints hold optimizer and loop state besides tensors.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     state = network_state(checkpoint)
-    check_compatible(state, net, checkpoint.get("deeplab"), num_classes, path)
+    meta = checkpoint.get("deeplab")
+    check_compatible(state, net, meta, num_classes, path, model)
+    if mean is not None and std is not None:
+        check_normalization(meta, mean, std, path)
     net.load_state_dict(state)
     return net

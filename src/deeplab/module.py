@@ -56,6 +56,7 @@ class SegmentationModule(pl.LightningModule):
         ignore_index: int = 255,
         keep_samples: int = 0,
         probs_dir=None,
+        model_config: dict | None = None,
     ):
         super().__init__()
         self.net = net
@@ -71,6 +72,7 @@ class SegmentationModule(pl.LightningModule):
         self.use_crf = False  # the CRF is slow: pipelines switch it on for the final validation
         self.mean, self.std, self.ignore_index = mean, std, ignore_index
         self.keep_samples, self.probs_dir = keep_samples, probs_dir
+        self.model_config = model_config  # saved in checkpoints, for override hints on load
         self.confusion = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_crf = confusion_matrix(self.num_classes, ignore_index)
         self.results: dict = {}  # {"val": scores(...), "val_crf": ...} of the latest validation
@@ -174,12 +176,16 @@ class SegmentationModule(pl.LightningModule):
 
     # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["deeplab"] = ckpt.describe(self.net, self.num_classes)
+        checkpoint["deeplab"] = ckpt.describe(
+            self.net, self.num_classes, self.mean, self.std, self.model_config
+        )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = ckpt.network_state(checkpoint)
         source = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
-        ckpt.check_compatible(state, self.net, checkpoint.get("deeplab"), self.num_classes, source)
+        meta = checkpoint.get("deeplab")
+        ckpt.check_compatible(state, self.net, meta, self.num_classes, source, self.model_config)
+        ckpt.check_normalization(meta, self.mean, self.std, source)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

@@ -25,6 +25,18 @@ from deeplab.results import as_metrics, print_table, write_metrics
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
+def model_config(cfg: DictConfig) -> dict:
+    """The resolved `model` config, as checkpoints record it."""
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
+    """`cfg.model` with the weights of `cfg.ckpt_path`, checked against this run's class count,
+    input normalization and model config (a mismatch names the overrides that fix it)."""
+    net, mean, std = hydra.utils.instantiate(cfg.model), datamodule.mean, datamodule.std
+    return load_network(net, cfg.ckpt_path, datamodule.num_classes, mean, std, model_config(cfg))
+
+
 def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
     """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
     crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
@@ -40,6 +52,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         std=datamodule.std,
         ignore_index=datamodule.ignore_index,
         keep_samples=cfg.get("val_samples", 0),
+        model_config=model_config(cfg),
         **optim,
         **kwargs,
     )
@@ -147,7 +160,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
     run_dir = Path(run_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
-    net = load_network(hydra.utils.instantiate(cfg.model), cfg.ckpt_path, datamodule.num_classes)
+    net = trained_network(cfg, datamodule)
     net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     trainer = hydra.utils.instantiate(
@@ -181,7 +194,7 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     device = torch.device(
         cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )
-    net = load_network(hydra.utils.instantiate(cfg.model), cfg.ckpt_path, datamodule.num_classes)
+    net = trained_network(cfg, datamodule)
     net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
     crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
