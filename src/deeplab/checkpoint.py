@@ -112,25 +112,31 @@ def network_state(checkpoint: dict, prefix: str = "net.") -> dict:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
 
 
+def checked_state(
+    checkpoint: dict, net: nn.Module, num_classes: int, mean, std, model: dict | None, source
+) -> dict:
+    """The network's weights from a loaded checkpoint, once they fit `net` and this run (class
+    count, input normalization); evaluation, prediction and resume all load through here."""
+    state = network_state(checkpoint)
+    meta = checkpoint.get("deeplab")
+    check_compatible(state, net, meta, num_classes, source, model)
+    check_normalization(meta, mean, std, source)
+    return state
+
+
 def load_network(
     net: nn.Module,
     path: str | Path,
     num_classes: int,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    mean: Sequence[float],
+    std: Sequence[float],
     model: dict | None = None,
 ) -> nn.Module:
-    """Load a training checkpoint's weights into `net` after checking that they fit, and (given
-    `mean` / `std`) that this run normalizes its inputs as the training run did."""
+    """Load a training checkpoint's weights into `net` after `checked_state`'s checks."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: set ckpt_path to a .ckpt file")
     # Our own Lightning checkpoints hold optimizer and loop state besides tensors.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    state = network_state(checkpoint)
-    meta = checkpoint.get("deeplab")
-    check_compatible(state, net, meta, num_classes, path, model)
-    if mean is not None and std is not None:
-        check_normalization(meta, mean, std, path)
-    net.load_state_dict(state)
+    net.load_state_dict(checked_state(checkpoint, net, num_classes, mean, std, model, path))
     return net

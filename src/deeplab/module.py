@@ -181,11 +181,10 @@ class SegmentationModule(pl.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = ckpt.network_state(checkpoint)
         source = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
-        meta = checkpoint.get("deeplab")
-        ckpt.check_compatible(state, self.net, meta, self.num_classes, source, self.model_config)
-        ckpt.check_normalization(meta, self.mean, self.std, source)
+        ckpt.checked_state(
+            checkpoint, self.net, self.num_classes, self.mean, self.std, self.model_config, source
+        )
 
 
 def _np(x: torch.Tensor) -> np.ndarray:
