@@ -165,6 +165,56 @@ def test_unreachable_url_says_what_to_do(tmp_path, server):
         download(Archive(f"{server[1]}/missing.tar", None), tmp_path / "dl")
 
 
+class FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files, honouring `Range: bytes=N-` only if `ranges`; the first response is cut off
+    after `cut` body bytes (the server closes the connection). Records each request's Range."""
+
+    ranges, cut, seen = True, 0, []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        data = Path(self.translate_path(self.path)).read_bytes()
+        wanted = self.headers.get("Range")
+        self.seen.append(wanted)
+        start = int(wanted.removeprefix("bytes=").split("-")[0]) if wanted and self.ranges else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body, cut = data[start:], type(self).cut
+        type(self).cut = 0  # only the first transfer is interrupted
+        self.wfile.write(body[:cut] if cut else body)
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["range", "no-range"])
+def test_an_interrupted_download_resumes_to_the_right_md5(tmp_path, ranges):
+    www = tmp_path / "www"
+    www.mkdir()
+    payload = np.random.default_rng(0).bytes(300_000)
+    (www / "big.tar").write_bytes(payload)
+    handler = type("Handler", (FlakyHandler,), {"ranges": ranges, "cut": 120_000, "seen": []})
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(www))
+    )
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        archive = Archive(
+            f"http://127.0.0.1:{httpd.server_address[1]}/big.tar", md5sum(www / "big.tar")
+        )
+        with pytest.raises(RuntimeError, match="closed after 120,000 of 300,000 bytes.*resumes"):
+            download(archive, tmp_path / "dl")
+        assert (tmp_path / "dl" / "big.tar.part").stat().st_size == 120_000  # kept for the resume
+        path = download(archive, tmp_path / "dl")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert path.read_bytes() == payload and not (tmp_path / "dl" / "big.tar.part").exists()
+    assert handler.seen == [None, "bytes=120000-"]  # the second request asks only for the rest
+
+
 # --- VOC 2010 based: Context and Person-Part -------------------------------------------------
 
 V10_TRAIN, V10_VAL = ["2008_000001", "2008_000002"], ["2008_000003"]
