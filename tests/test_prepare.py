@@ -1,9 +1,11 @@
 """`deeplab.data.prepare` end to end: download from a local HTTP server, verify, extract, convert,
 then read the result with the matching datamodule. Archives are tiny copies of official layouts."""
 
+import contextlib
 import functools
 import http.server
 import io
+import resource
 import tarfile
 import threading
 import zipfile
@@ -21,6 +23,7 @@ from deeplab.data import (
     VOCDataModule,
 )
 from deeplab.data.prepare.__main__ import main
+from deeplab.data.prepare.convert import convert_all, sbd_mask
 from deeplab.data.prepare.datasets import (
     prepare_cityscapes,
     prepare_context,
@@ -109,6 +112,11 @@ def sbd_seg(i: int) -> np.ndarray:
     return mask
 
 
+def sbd_mat(mask: np.ndarray) -> bytes:
+    """SBD's `cls/<id>.mat` layout."""
+    return mat({"GTcls": {"Segmentation": mask, "Boundaries": np.zeros(1), "CategoriesPresent": 1}})
+
+
 @pytest.fixture
 def voc_archives(server) -> dict:
     www, _ = server
@@ -120,15 +128,7 @@ def voc_archives(server) -> dict:
     files["VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"] = lines(VOC_VAL)
     voc = tar(www / "VOCtrainval_11-May-2012.tar", files)
     sbd_files = {
-        f"benchmark_RELEASE/dataset/cls/{n}.mat": mat(
-            {
-                "GTcls": {
-                    "Segmentation": sbd_seg(i),
-                    "Boundaries": np.zeros(1),
-                    "CategoriesPresent": 1,
-                }
-            }
-        )
+        f"benchmark_RELEASE/dataset/cls/{n}.mat": sbd_mat(sbd_seg(i))
         for i, n in enumerate(SBD_TRAIN + SBD_VAL)
     }
     sbd_files["benchmark_RELEASE/dataset/train.txt"] = lines(SBD_TRAIN)
@@ -213,6 +213,41 @@ def test_an_interrupted_download_resumes_to_the_right_md5(tmp_path, ranges):
         httpd.server_close()
     assert path.read_bytes() == payload and not (tmp_path / "dl" / "big.tar.part").exists()
     assert handler.seen == [None, "bytes=120000-"]  # the second request asks only for the rest
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """A real write fault, as on a full disk: no file may grow past `nbytes` (EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_an_interrupted_conversion_resumes_and_leaves_no_half_written_mask(tmp_path, capsys):
+    masks = [sbd_seg(i) for i in range(6)]
+    masks[3] = np.random.default_rng(0).integers(0, 21, (48, 64), dtype=np.uint8)  # a ~3 kB PNG
+    pairs = []
+    for i, mask in enumerate(masks):
+        src = tmp_path / "cls" / f"m{i}.mat"
+        src.parent.mkdir(exist_ok=True)
+        src.write_bytes(sbd_mat(mask))
+        pairs.append((src, tmp_path / "aug" / f"m{i}.png"))
+    with file_size_limit(1500), pytest.raises(OSError):  # small masks fit, m3 does not
+        convert_all(pairs, sbd_mask, "converting SBD")
+    out = tmp_path / "aug"
+    assert sorted(p.name for p in out.iterdir()) == ["m0.png", "m1.png", "m2.png"]  # no m3 part
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+
+    assert convert_all(pairs, sbd_mask, "converting SBD") == [dst for _, dst in pairs]
+    log = capsys.readouterr().err
+    assert "converting SBD (3 converted before): 3/3 files (100%)" in log
+    assert all(before[p.name] == p.stat().st_mtime_ns for p in out.iterdir() if p.name in before)
+    for (_, dst), mask in zip(pairs, masks, strict=True):
+        np.testing.assert_array_equal(read_mask(dst), mask)
 
 
 # --- VOC 2010 based: Context and Person-Part -------------------------------------------------

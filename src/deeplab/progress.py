@@ -129,8 +129,9 @@ class _Rate(rp.ProgressColumn):
         return Text(f"{task.speed:.2f} {self.unit}/s" if task.speed else "")
 
 
-def track(items: Iterable, description: str, total: int | None = None, unit: str = "items",
-          **kwargs) -> Iterator:  # fmt: skip
+def track(
+    items: Iterable, description: str, total: int | None = None, unit: str = "items", **kwargs
+) -> Iterator:
     """Yield `items`, advancing one Progress per item."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)

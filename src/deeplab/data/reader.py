@@ -136,4 +136,4 @@ def write_mask(mask: np.ndarray, path: Path) -> None:
     img = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="L")
     img.putpalette(voc_palette().tobytes())
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, optimize=False)
+    img.save(path, format="PNG", optimize=False)  # format: the path may be a temporary name

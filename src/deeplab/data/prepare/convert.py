@@ -1,6 +1,8 @@
 """Official annotation formats -> class-index palette PNGs that the shared reader reads."""
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from scipy.io import loadmat
 
 from deeplab.data.classes import IGNORE_INDEX
 from deeplab.data.reader import write_mask
+from deeplab.progress import track
 
 # PASCAL-Part part names (Annotations_Part/*.mat) merged into Person-Part's 6 classes.
 PERSON_PARTS = {
@@ -85,15 +88,30 @@ def cityscapes_mask(path: Path, lut: np.ndarray) -> np.ndarray:
         return lut[np.array(img)]
 
 
-def convert_all(pairs: Iterable[tuple[Path, Path]], fn) -> list[Path]:
+@contextmanager
+def written_atomically(dst: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dst`, renamed to `dst` only once the block completes, so an
+    interrupted write (killed job, full disk) never leaves a half-written `dst` that a rerun would
+    take as done."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def convert_all(pairs: Iterable[tuple[Path, Path]], fn, description: str) -> list[Path]:
     """Write `fn(src)` for every (src, dst) pair not yet converted (None results are skipped);
-    return the destinations that exist afterwards."""
-    done = []
-    for src, dst in pairs:
-        if not dst.is_file():
+    return the destinations that exist afterwards. A rerun converts only what is missing."""
+    pairs = list(pairs)
+    todo = [(src, dst) for src, dst in pairs if not dst.is_file()]
+    if todo:
+        done = len(pairs) - len(todo)
+        note = f" ({done} converted before)" if done else ""
+        for src, dst in track(todo, f"{description}{note}", unit="files"):
             mask = fn(src)
-            if mask is None:
-                continue
-            write_mask(mask, dst)
-        done.append(dst)
-    return done
+            if mask is not None:
+                with written_atomically(dst) as tmp:
+                    write_mask(mask, tmp)
+    return [dst for _, dst in pairs if dst.is_file()]

@@ -87,14 +87,15 @@ def prepare_sbd(root: Path, archives: dict = OFFICIAL) -> None:
     for name in train_aug:
         official = voc / "SegmentationClass" / f"{name}.png"
         if official.is_file() and not (aug_dir / f"{name}.png").is_file():
-            shutil.copyfile(official, aug_dir / f"{name}.png")
+            with convert.written_atomically(aug_dir / f"{name}.png") as tmp:
+                shutil.copyfile(official, tmp)
     pairs = [(sbd / "cls" / f"{n}.mat", aug_dir / f"{n}.png") for n in train_aug]
     missing = [src for src, dst in pairs if not dst.is_file() and not src.is_file()]
     if missing:
         raise FileNotFoundError(
             f"{missing[0]} (and {len(missing) - 1} more) missing: re-extract SBD"
         )
-    convert.convert_all(pairs, convert.sbd_mask)
+    convert.convert_all(pairs, convert.sbd_mask, "converting SBD .mat")
     write_list(voc / "ImageSets/Segmentation/train_aug.txt", train_aug)
 
 
@@ -116,7 +117,9 @@ def prepare_context(root: Path, archives: dict = OFFICIAL) -> None:
     for split in ("train", "val"):
         ids = [i for i in voc2010_split(root, split) if i in mats]
         pairs = [(mats[i], base / "SegmentationClassContext" / f"{i}.png") for i in ids]
-        convert.convert_all(pairs, lambda p: convert.context_mask(p, lut))
+        convert.convert_all(
+            pairs, lambda p: convert.context_mask(p, lut), f"converting Context {split}"
+        )
         write_list(base / f"ImageSets/SegmentationContext/{split}.txt", ids)
 
 
@@ -133,7 +136,9 @@ def prepare_person_part(root: Path, archives: dict = OFFICIAL) -> None:
     for split in ("train", "val"):
         ids = [i for i in voc2010_split(root, split) if i in mats]
         pairs = [(mats[i], base / "SegmentationPart" / f"{i}.png") for i in ids]
-        done = convert.convert_all(pairs, convert.person_part_mask)
+        done = convert.convert_all(
+            pairs, convert.person_part_mask, f"converting Person-Part {split}"
+        )
         write_list(base / f"ImageSets/PersonPart/{split}.txt", [p.stem for p in done])
 
 
@@ -163,6 +168,8 @@ def prepare_cityscapes(root: Path, archives: dict = OFFICIAL) -> None:
         if not sources:
             raise FileNotFoundError(f"no *_gtFine_labelIds.png under {base / 'gtFine' / split}")
         pairs = [(p, p.with_name(p.name.replace("labelIds", "trainIds"))) for p in sources]
-        convert.convert_all(pairs, lambda p: convert.cityscapes_mask(p, lut))
+        convert.convert_all(
+            pairs, lambda p: convert.cityscapes_mask(p, lut), f"converting Cityscapes {split}"
+        )
         ids = [f"{p.parent.name}/{p.name.removesuffix('_gtFine_labelIds.png')}" for p in sources]
         write_list(base / "lists" / f"{split}.txt", ids)
