@@ -89,6 +89,42 @@ def test_grid_search_finds_a_setting_that_beats_no_crf(probs_dir, capsys):
     assert saved["best"]["mIoU"] > saved["unary"]["mIoU"]
 
 
+def without_timing(results: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in results]
+
+
+def test_an_interrupted_search_resumes_to_the_uninterrupted_result(probs_dir, capsys):
+    common = [str(probs_dir), "--limit", "1", "--backend", "torch", "--bi-w", "0.5", "5",
+              "--bi-rgb-std", "10", "--fine-steps", "1", "5", "2"]  # fmt: skip
+    full = main([*common, "--bi-xy-std", "20", "--out", str(probs_dir / "full.json")])
+    out = probs_dir / "resumed.json"
+    # A fault at the second setting (an invalid value), after the first one was scored:
+    with pytest.raises(ValueError, match="bi_xy_std=-1.0 must be > 0"):
+        main([*common, "--bi-xy-std", "20", "-1", "--out", str(out)])
+    log = out.with_suffix(".jsonl")
+    assert len(log.read_text().splitlines()) == 2  # the header and the one setting scored
+    with open(log, "a") as f:
+        f.write('{"stage": "coarse", "bi_w": 5.0, "bi_')  # a record cut off by a kill
+    capsys.readouterr()
+
+    resumed = main([*common, "--bi-xy-std", "20", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert "1 settings already scored" in printed.out
+    assert printed.out.count("[coarse]") == 1 and printed.out.count("[fine]") == 26  # rest only
+    assert without_timing(resumed["results"]) == without_timing(full["results"])
+    assert without_timing([resumed["best"]]) == without_timing([full["best"]])
+    assert len(log.read_text().splitlines()) == 1 + 2 + 26
+    progress = [line for line in printed.err.splitlines() if line.startswith("CRF search, coarse")]
+    assert progress[-1].startswith("CRF search, coarse grid: 2/2 settings (100%)")
+    assert "best mIoU" in progress[-1]
+
+    with pytest.raises(ValueError, match="another search .*iterations.*--restart"):
+        main([*common, "--bi-xy-std", "20", "--out", str(out), "--iterations", "5"])
+    again = main([*common, "--bi-xy-std", "20", "--no-fine", "--out", str(out), "--restart"])
+    assert capsys.readouterr().out.count("[coarse]") == 2  # --restart scores everything again
+    assert without_timing(again["results"]) == without_timing(full["results"][:2])
+
+
 def test_crf_configs_compose_to_the_released_settings():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name, expected in (

@@ -4,7 +4,9 @@ The paper's protocol: fix the smoothness kernel (pos_w 3, pos_xy_std 3), grid-se
 appearance kernel's bi_w in {3..6}, bi_xy_std in {30, 40, ..., 100}, bi_rgb_std in {3..6} on 100
 val images, then refine around the best point with half steps. The network never reruns: the
 probabilities come from `evaluate.py save_probs=<dir>` (format in `deeplab.crf.probs_io`).
-Prints the best setting and a markdown table of the grid, and writes JSON.
+Prints the best setting and a markdown table of the grid, and writes JSON. Each scored setting is
+also appended to a .jsonl beside the JSON as it is scored; run again on the same folder, the search
+skips what that file holds (`--restart` to start over).
 """
 
 import argparse
@@ -16,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deeplab.atomic import written_atomically
 from deeplab.crf.dense_crf import DenseCRF
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
+from deeplab.errors import UserError
 from deeplab.metrics import confusion_matrix, scores
+from deeplab.progress import Progress
 
 COARSE = {
     "bi_w": [3.0, 4.0, 5.0, 6.0],
@@ -77,34 +82,85 @@ def half_spacing(values: list[float]) -> float:
     return (min(np.diff(sorted(values))) / 2) if len(values) > 1 else values[0] / 10
 
 
+class ScoreLog:
+    """`<out>.jsonl`: a header naming the search (the fixed CRF settings, the images), then one line
+    per scored setting, written as soon as it is scored. A rerun with the same header skips what
+    it holds, so an interrupted search resumes; a line cut off by the interruption is dropped."""
+
+    def __init__(self, path: Path, header: dict, restart: bool = False):
+        self.path, self.scored = path, {}
+        lines = path.read_text().split("\n") if path.is_file() and not restart else []
+        complete = lines[:-1]  # text after the last newline: a record cut off mid-write, if any
+        if not complete or lines[-1]:
+            with written_atomically(path) as tmp:
+                tmp.write_text("".join(line + "\n" for line in complete or [json.dumps(header)]))
+        if not complete:
+            return
+        try:
+            stored, *records = [json.loads(line) for line in complete]
+            self.scored = {tuple(r[a] for a in AXES): r for r in records}
+        except (ValueError, KeyError, TypeError) as err:
+            raise UserError(
+                f"{path} is not a CRF search log ({err!r}): delete it or pass --restart"
+            ) from err
+        if stored != header:
+            changed = sorted(k for k in header if stored.get(k) != header[k])
+            raise UserError(
+                f"{path} holds scores of another search (different {', '.join(changed)}): pass "
+                "--restart to discard them, or --out to write elsewhere"
+            )
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def search(
-    images, probs, masks, grid: dict, fine_steps: dict | None, crf_kwargs: dict, num_workers
+    images,
+    probs,
+    masks,
+    grid: dict,
+    fine_steps: dict | None,
+    crf_kwargs: dict,
+    num_workers,
+    log: ScoreLog | None = None,
 ) -> tuple[list[dict], dict]:
-    """Run the coarse grid, then (if `fine_steps`) the fine grid around the best coarse point."""
+    """Run the coarse grid, then (if `fine_steps`) the fine grid around the best coarse point.
+
+    Settings already in `log` are taken from it, and every new score is appended to it."""
     results, seen = [], set()
+    scored = log.scored if log else {}
 
     def run(stage: str, g: dict) -> None:
-        for values in itertools.product(*(g[a] for a in AXES)):
-            setting = dict(zip(AXES, values, strict=True))
-            if values in seen:
-                continue
-            seen.add(values)
-            start = time.perf_counter()
-            s = evaluate(DenseCRF(**crf_kwargs, **setting), images, probs, masks, num_workers)
-            results.append(
-                {"stage": stage, **setting, "mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"],
-                 "seconds": time.perf_counter() - start}
-            )  # fmt: skip
-            print(
-                f"[{stage}] "
-                + " ".join(f"{a}={setting[a]:g}" for a in AXES)
-                + f"  mIoU {s['mIoU']:.2f}"
-            )
+        todo = [v for v in itertools.product(*(g[a] for a in AXES)) if v not in seen]
+        seen.update(todo)
+        done = sum(v in scored for v in todo)
+        with Progress(f"CRF search, {stage} grid", len(todo), "settings", completed=done) as bar:
+            for values in todo:
+                if values in scored:
+                    results.append({**scored[values], "stage": stage})
+                    continue
+                setting = dict(zip(AXES, values, strict=True))
+                start = time.perf_counter()
+                s = evaluate(DenseCRF(**crf_kwargs, **setting), images, probs, masks, num_workers)
+                results.append(
+                    {"stage": stage, **setting, "mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"],
+                     "seconds": time.perf_counter() - start}
+                )  # fmt: skip
+                if log:
+                    log.append(results[-1])
+                print(f"[{stage}] {describe(setting)}  mIoU {s['mIoU']:.2f}")
+                best = max(results, key=lambda r: r["mIoU"])
+                bar.advance(info=f"best mIoU {best['mIoU']:.2f} at {describe(best)}")
 
     run("coarse", grid)
     if fine_steps:
         run("fine", fine_grid(max(results, key=lambda r: r["mIoU"]), fine_steps))
     return results, max(results, key=lambda r: r["mIoU"])
+
+
+def describe(setting: dict) -> str:
+    return " ".join(f"{a}={setting[a]:g}" for a in AXES)
 
 
 def markdown(results: list[dict], unary_miou: float) -> str:
@@ -146,6 +202,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=None, help="JSON path (default: PROBS_DIR/crf_search.json)"
     )
+    p.add_argument(
+        "--restart", action="store_true", help="discard the scores the .jsonl beside --out holds"
+    )
     return p.parse_args(argv)
 
 
@@ -168,7 +227,13 @@ def main(argv=None) -> dict:
         f"{len(images)} images from {args.probs_dir}; backend {backend}; "
         f"no CRF: mIoU {unary['mIoU']:.2f}"
     )
-    results, best = search(images, probs, masks, grid, fine, crf_kwargs, args.num_workers)
+    out = args.out or Path(args.probs_dir) / "crf_search.json"
+    names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
+    header = {**crf_kwargs, "images": names}
+    log = ScoreLog(out.with_suffix(".jsonl"), header, restart=args.restart)
+    if log.scored:
+        print(f"{len(log.scored)} settings already scored in {log.path}: skipping them")
+    results, best = search(images, probs, masks, grid, fine, crf_kwargs, args.num_workers, log)
 
     table = markdown(results, unary["mIoU"])
     print("\n" + table + "\n")
@@ -186,8 +251,8 @@ def main(argv=None) -> dict:
         "best": best,
         "results": results,
     }
-    out = args.out or Path(args.probs_dir) / "crf_search.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    with written_atomically(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"Wrote {out}")
     return report
 

@@ -1,8 +1,6 @@
 """Official annotation formats -> class-index palette PNGs that the shared reader reads."""
 
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +8,7 @@ from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from PIL import Image
 from scipy.io import loadmat
 
+from deeplab.atomic import written_atomically
 from deeplab.data.classes import IGNORE_INDEX
 from deeplab.data.reader import write_mask
 from deeplab.progress import track
@@ -86,19 +85,6 @@ def cityscapes_lut() -> np.ndarray:
 def cityscapes_mask(path: Path, lut: np.ndarray) -> np.ndarray:
     with Image.open(path) as img:
         return lut[np.array(img)]
-
-
-@contextmanager
-def written_atomically(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dst`, renamed to `dst` only once the block completes, so an
-    interrupted write (killed job, full disk) never leaves a half-written `dst` that a rerun would
-    take as done."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def convert_all(pairs: Iterable[tuple[Path, Path]], fn, description: str) -> list[Path]:

@@ -7,6 +7,7 @@ that the matching datamodule in `deeplab.data.datamodule` reads.
 import shutil
 from pathlib import Path
 
+from deeplab.atomic import written_atomically
 from deeplab.data.prepare import convert
 from deeplab.data.prepare.fetch import Archive, download, extract
 from deeplab.data.reader import read_ids
@@ -87,7 +88,7 @@ def prepare_sbd(root: Path, archives: dict = OFFICIAL) -> None:
     for name in train_aug:
         official = voc / "SegmentationClass" / f"{name}.png"
         if official.is_file() and not (aug_dir / f"{name}.png").is_file():
-            with convert.written_atomically(aug_dir / f"{name}.png") as tmp:
+            with written_atomically(aug_dir / f"{name}.png") as tmp:
                 shutil.copyfile(official, tmp)
     pairs = [(sbd / "cls" / f"{n}.mat", aug_dir / f"{n}.png") for n in train_aug]
     missing = [src for src, dst in pairs if not dst.is_file() and not src.is_file()]
