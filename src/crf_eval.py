@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.crf.search import evaluate, load_split, score
+from deeplab.progress import Progress
 from deeplab.results import as_metrics, print_table, write_metrics
 
 
@@ -21,10 +22,9 @@ def main(cfg: DictConfig) -> float:
         raise ValueError("crf_eval needs a CRF: pass crf=deeplab_vgg16 or crf=deeplab_resnet101")
     crf = hydra.utils.instantiate(cfg.crf)
     images, probs, masks = load_split(hydra.utils.to_absolute_path(cfg.probs_dir), cfg.limit)
-    results = {
-        "val": score(probs, masks),
-        "val_crf": evaluate(crf, images, probs, masks, cfg.num_workers),
-    }
+    with Progress(f"CRF ({crf.backend})", len(images), "images") as bar:
+        crf_scores = evaluate(crf, images, probs, masks, cfg.num_workers, bar.advance)
+    results = {"val": score(probs, masks), "val_crf": crf_scores}
     metrics = as_metrics(results)
     metrics["num_images"] = len(images)
     metrics["crf"] = {**crf.params, "backend": crf.backend}

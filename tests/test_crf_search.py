@@ -1,5 +1,6 @@
 """CRF tuning on saved probabilities: the .npz format, the grid search and the Hydra app."""
 
+import io
 import json
 import os
 import subprocess
@@ -10,10 +11,18 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from rich.console import Console
 from test_crf import one_thread  # noqa: F401  (autouse: one torch thread)
 
-from deeplab.crf import DenseCRF, load_probabilities, probability_files, save_probabilities
+from deeplab.crf import (
+    DenseCRF,
+    load_probabilities,
+    probability_files,
+    refine_many,
+    save_probabilities,
+)
 from deeplab.crf.search import confusion, main
+from deeplab.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -123,6 +132,15 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(probs_dir, ca
     again = main([*common, "--bi-xy-std", "20", "--no-fine", "--out", str(out), "--restart"])
     assert capsys.readouterr().out.count("[coarse]") == 2  # --restart scores everything again
     assert without_timing(again["results"]) == without_timing(full["results"][:2])
+
+
+@pytest.mark.parametrize("backend", ["torch", "pydensecrf"])
+def test_refine_many_reports_every_image_to_the_progress_display(backend):
+    images, probs, _ = zip(*(two_squares(i, (16, 20)) for i in range(3)), strict=True)
+    console = Console(file=io.StringIO())
+    with Progress("CRF", 3, "images", console=console) as bar:
+        refine_many(DenseCRF(backend=backend), images, probs, num_workers=1, progress=bar.advance)
+    assert console.file.getvalue().splitlines()[-1].startswith("CRF: 3/3 images (100%)")
 
 
 def test_crf_configs_compose_to_the_released_settings():

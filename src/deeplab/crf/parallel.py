@@ -2,6 +2,7 @@
 
 import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -13,16 +14,24 @@ from deeplab.crf.dense_crf import DenseCRF, _like, _numpy_image, _numpy_probs, c
 BATCH_PIXELS = 2_000_000
 
 
-def refine_many(crf: DenseCRF, images: list, probs: list, num_workers: int | None = None) -> list:
+def refine_many(
+    crf: DenseCRF,
+    images: list,
+    probs: list,
+    num_workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list:
     """Refine every (image, probs) pair; results come back in order, typed like each `probs`.
 
     pydensecrf: `num_workers` processes (None or 0: all cores; 1: in this process). torch: images
     are grouped into batches of about BATCH_PIXELS pixels (any sizes mix; no padding needed) and
-    `num_workers` is unused."""
+    `num_workers` is unused. `progress(n)` is called as each n more images are done (e.g.
+    `deeplab.progress.Progress.advance`)."""
+    progress = progress or (lambda n: None)
     if len(images) != len(probs):
         raise ValueError(f"refine_many got {len(images)} images but {len(probs)} probability maps")
     if crf.backend == "torch":
-        return _torch_batches(crf, images, probs)
+        return _torch_batches(crf, images, probs, progress)
     for i, (image, p) in enumerate(zip(images, probs, strict=True)):
         check_inputs(image, p, where=f"item {i}")
     jobs = [
@@ -30,10 +39,11 @@ def refine_many(crf: DenseCRF, images: list, probs: list, num_workers: int | Non
     ]
     workers = min(num_workers or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
-        out = [pydensecrf_backend.refine_star(job) for job in jobs]
+        out = list(_counted(map(pydensecrf_backend.refine_star, jobs), progress))
     else:
         with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
-            out = list(pool.map(pydensecrf_backend.refine_star, jobs, chunksize=1))
+            refined = pool.map(pydensecrf_backend.refine_star, jobs, chunksize=1)
+            out = list(_counted(refined, progress))
     return [_like(q, p) for q, p in zip(out, probs, strict=True)]
 
 
@@ -48,7 +58,13 @@ def _context():
     return ctx
 
 
-def _torch_batches(crf: DenseCRF, images: list, probs: list) -> list:
+def _counted(items: Iterable, progress: Callable[[int], None]) -> Iterator:
+    for item in items:
+        progress(1)
+        yield item
+
+
+def _torch_batches(crf: DenseCRF, images: list, probs: list, progress) -> list:
     out, start = [], 0
     while start < len(images):
         stop, pixels = start, 0
@@ -58,6 +74,7 @@ def _torch_batches(crf: DenseCRF, images: list, probs: list) -> list:
             pixels += _pixels(probs[stop])
             stop += 1
         out += crf.refine_batch(images[start:stop], probs[start:stop])
+        progress(stop - start)
         start = stop
     return out
 

@@ -24,7 +24,7 @@ from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
 from deeplab.errors import UserError
 from deeplab.metrics import confusion_matrix, scores
-from deeplab.progress import Progress
+from deeplab.progress import Progress, track
 
 COARSE = {
     "bi_w": [3.0, 4.0, 5.0, 6.0],
@@ -37,7 +37,8 @@ AXES = tuple(COARSE)
 def load_split(probs_dir, limit: int | None = 100) -> tuple[list, list, list]:
     """Images, probs (float16, to halve the memory of 100 full-size maps) and masks."""
     images, probs, masks = [], [], []
-    for path in probability_files(probs_dir, limit):
+    files = probability_files(probs_dir, limit)
+    for path in track(files, f"loading {probs_dir}", unit="files"):
         image, p, mask = load_probabilities(path)
         images.append(image)
         probs.append(p.astype(np.float16))
@@ -66,8 +67,9 @@ def score(probs: list, masks: list) -> dict:
     return scores(torch.from_numpy(confusion(preds, masks, k)), class_names(k))
 
 
-def evaluate(crf: DenseCRF, images, probs, masks, num_workers: int | None) -> dict:
-    return score(refine_many(crf, images, probs, num_workers=num_workers), masks)
+def evaluate(crf: DenseCRF, images, probs, masks, num_workers: int | None, progress=None) -> dict:
+    """Scores after the CRF; `progress(n)` is told as each n more images are refined."""
+    return score(refine_many(crf, images, probs, num_workers, progress), masks)
 
 
 def fine_grid(best: dict, steps: dict) -> dict:
