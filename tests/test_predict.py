@@ -1,13 +1,16 @@
 """predict.py: an image or a folder -> palette PNG masks and colour overlays."""
 
+import io
 import shutil
 
+import hydra
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deeplab.config import compose
-from deeplab.pipeline import predict, train
+from deeplab.pipeline import SkippedImages, predict, train
 
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
 MODEL = ["data=synthetic", "model.width_mult=0.0625"]  # predict.yaml has no debug group
@@ -55,3 +58,36 @@ def test_a_folder_without_images_is_a_clear_error(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="neither an image nor a folder"):
         predict(cfg, tmp_path)
+
+
+def untrained_checkpoint(path):
+    """A checkpoint of the MODEL network as initialised: enough to exercise prediction's I/O."""
+    net = hydra.utils.instantiate(compose("predict", [*MODEL, "ckpt_path=x", "input=x"]).model)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+def test_same_stems_get_distinct_masks_and_an_unreadable_image_is_skipped(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("x.jpg", (20, 24)), ("x.png", (18, 30)), ("z.png", (16, 16))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(images / name)
+    jpeg = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+    (images / "broken.jpg").write_bytes(jpeg.getvalue()[:300])  # a download cut short
+    ckpt = untrained_checkpoint(tmp_path / "net.ckpt")
+    cfg = compose("predict", [*MODEL, f"ckpt_path={ckpt}", f"input={images}"])
+
+    with pytest.raises(SkippedImages, match=r"1 of 4 images could not be read") as err:
+        predict(cfg, tmp_path / "out")
+    assert "broken.jpg is not a readable image" in str(err.value)
+    masks = tmp_path / "out" / "masks"
+    # broken.jpg sorts first: the images after it are still done, none overwrites another
+    assert [p.name for p in err.value.written] == ["x_jpg.png", "x_png.png", "z.png"]
+    assert sorted(p.name for p in masks.iterdir()) == ["x_jpg.png", "x_png.png", "z.png"]
+    assert Image.open(masks / "x_png.png").size == (30, 18)  # each mask is its own image's
+    overlays = sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir())
+    assert overlays == ["x_jpg.jpg", "x_png.jpg", "z.jpg"]
+    log = capsys.readouterr().err
+    assert "skipped: " in log and "predicting: 4/4 images (100%)" in log

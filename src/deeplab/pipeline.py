@@ -3,6 +3,8 @@
 Each takes the composed Hydra config and the run directory, and returns what it measured.
 """
 
+import sys
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -17,9 +19,11 @@ from deeplab import speed, visuals
 from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
+from deeplab.errors import UserError
 from deeplab.inference import probabilities, wrap
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
+from deeplab.progress import track
 from deeplab.results import as_metrics, print_table, write_metrics
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -185,11 +189,46 @@ def image_files(path: str | Path) -> list[Path]:
     return files
 
 
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """The output name (no suffix) of each input: its stem, or `<stem>_<suffix>` for inputs that
+    share a stem (`x.jpg`, `x.png` -> `x_jpg`, `x_png`), so that no mask overwrites another."""
+    stems = Counter(p.stem for p in files)
+    names = {p: p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix[1:]}" for p in files}
+    counts = Counter(names.values())
+    clashes = sorted(str(p) for p in files if counts[names[p]] > 1)
+    if clashes:
+        raise UserError(f"{', '.join(clashes)} would all be written as the same mask: rename one")
+    return names
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image as a writable RGB uint8 array (the CRF needs one); UserError naming the file."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UserError(f"{path} is not a readable image ({err}): replace or remove it") from err
+
+
+class SkippedImages(UserError):
+    """Some inputs could not be read: they were skipped, every other mask was written."""
+
+    def __init__(self, skipped: list[str], written: list[Path], out: Path):
+        self.skipped, self.written = skipped, written
+        super().__init__(
+            f"{len(skipped)} of {len(skipped) + len(written)} images could not be read and were "
+            f"skipped ({len(written)} masks written to {out}):\n  " + "\n  ".join(skipped)
+        )
+
+
 @torch.no_grad()
 def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
-    """Images -> `masks/<stem>.png` (palette PNG) and `overlays/<stem>.jpg` under the output dir."""
+    """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
+    `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
+    are still done; then SkippedImages lists them. Returns the masks written."""
     out = Path(cfg.get("output_dir") or run_dir)
     files = image_files(cfg.input)
+    names = output_names(files)
     datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only
     device = torch.device(
         cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
@@ -199,17 +238,25 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in files:
-        rgb = np.array(Image.open(path).convert("RGB"))  # a writable copy: the CRF needs one
+    written, skipped = [], []
+    for path in track(files, "predicting", unit="images"):
+        try:
+            rgb = read_rgb(path)
+        except UserError as err:
+            print(f"skipped: {err}", file=sys.stderr)
+            skipped.append(str(err))
+            continue
         image = normalize(rgb, datamodule.mean, datamodule.std)[None].to(device)
         probs = probabilities(net, image, rgb.shape[:2])[0].cpu().numpy()
         if crf is not None:
             probs = crf(rgb, probs)
         mask = np.asarray(probs).argmax(0)
-        visuals.save_mask(out / "masks" / f"{path.stem}.png", mask, datamodule.palette)
+        name = names[path]
+        visuals.save_mask(out / "masks" / f"{name}.png", mask, datamodule.palette)
         visuals.save_rgb(
-            out / "overlays" / f"{path.stem}.jpg", visuals.overlay(rgb, mask, datamodule.palette)
+            out / "overlays" / f"{name}.jpg", visuals.overlay(rgb, mask, datamodule.palette)
         )
-        written.append(out / "masks" / f"{path.stem}.png")
+        written.append(out / "masks" / f"{name}.png")
+    if skipped:
+        raise SkippedImages(skipped, written, out / "masks")
     return written
