@@ -2,6 +2,9 @@
 
 import io
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -12,6 +15,7 @@ from PIL import Image
 from deeplab.config import compose
 from deeplab.pipeline import SkippedImages, predict, train
 
+REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
 MODEL = ["data=synthetic", "model.width_mult=0.0625"]  # predict.yaml has no debug group
 
@@ -67,7 +71,9 @@ def untrained_checkpoint(path):
     return path
 
 
-def test_same_stems_get_distinct_masks_and_an_unreadable_image_is_skipped(tmp_path, capsys):
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """x.jpg and x.png (one stem), z.png, and broken.jpg (a JPEG cut short); and a checkpoint."""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -76,9 +82,14 @@ def test_same_stems_get_distinct_masks_and_an_unreadable_image_is_skipped(tmp_pa
     jpeg = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
     (images / "broken.jpg").write_bytes(jpeg.getvalue()[:300])  # a download cut short
-    ckpt = untrained_checkpoint(tmp_path / "net.ckpt")
-    cfg = compose("predict", [*MODEL, f"ckpt_path={ckpt}", f"input={images}"])
+    return images, untrained_checkpoint(tmp_path / "net.ckpt")
 
+
+def test_same_stems_get_distinct_masks_and_an_unreadable_image_is_skipped(
+    tmp_path, mixed_folder, capsys
+):
+    images, ckpt = mixed_folder
+    cfg = compose("predict", [*MODEL, f"ckpt_path={ckpt}", f"input={images}"])
     with pytest.raises(SkippedImages, match=r"1 of 4 images could not be read") as err:
         predict(cfg, tmp_path / "out")
     assert "broken.jpg is not a readable image" in str(err.value)
@@ -91,3 +102,15 @@ def test_same_stems_get_distinct_masks_and_an_unreadable_image_is_skipped(tmp_pa
     assert overlays == ["x_jpg.jpg", "x_png.jpg", "z.jpg"]
     log = capsys.readouterr().err
     assert "skipped: " in log and "predicting: 4/4 images (100%)" in log
+
+
+@pytest.mark.slow
+def test_predict_py_exits_non_zero_listing_skipped_images(tmp_path, mixed_folder):
+    images, ckpt = mixed_folder
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "src" / "predict.py"), *MODEL, f"ckpt_path={ckpt}",
+           f"input={images}", f"output_dir={out}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "1 of 4 images could not be read" in done.stderr and "broken.jpg" in done.stderr
+    assert len(list((out / "masks").iterdir())) == 3
