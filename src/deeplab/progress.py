@@ -9,6 +9,7 @@ the live bar (rich's rule).
 """
 
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -47,7 +48,10 @@ class Progress:
         self._t0 = self._last_time = time.monotonic()
         self._last_logged = self.completed
         if self.console.is_terminal:
-            self._bar = rp.Progress(*self._columns(), console=self.console)
+            # Lines printed meanwhile go above the bar, but results piped to a file stay there.
+            self._bar = rp.Progress(
+                *self._columns(), console=self.console, redirect_stdout=sys.stdout.isatty()
+            )
             self._bar.start()
             self._task = self._bar.add_task(
                 self.description, total=self.total, completed=self.completed, info=""
