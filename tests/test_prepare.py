@@ -137,9 +137,12 @@ def voc_archives(server) -> dict:
     return {"voc2012": served(server, "voc2012", voc), "sbd": served(server, "sbd", sbd)}
 
 
-def test_voc_and_sbd_download_verify_extract_convert(tmp_path, voc_archives):
+def test_voc_and_sbd_download_verify_extract_convert(tmp_path, voc_archives, capsys):
     root = tmp_path / "data"
     prepare_sbd(root, voc_archives)
+    log = capsys.readouterr().err.splitlines()  # progress, in its plain form (not a terminal)
+    for step in ("downloading benchmark.tgz: ", "extracting benchmark.tgz: ", "converting SBD"):
+        assert any(line.startswith(step) and "(100%)" in line for line in log), step
     base = root / "VOCdevkit/VOC2012"
     aug = read_ids(base / "ImageSets/Segmentation/train_aug.txt")
     assert aug == ["a1", "a2", "s1", "s2"]  # VOC train + SBD, without the VOC val id v1
