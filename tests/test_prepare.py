@@ -69,24 +69,32 @@ def lines(ids) -> bytes:
     return "".join(f"{i}\n" for i in ids).encode()
 
 
+@contextlib.contextmanager
+def serving(www: Path, handler):
+    """Serve the folder `www` on 127.0.0.1 with `handler`; yields the base URL."""
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(www))
+    )
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
 def server(tmp_path):
     """Serve tmp_path/www on 127.0.0.1; yields (folder, base URL)."""
     www = tmp_path / "www"
     www.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(www))
-    )
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(www, Quiet) as url:
+        yield www, url
 
 
 def served(server, name: str, path: Path) -> Archive:
@@ -168,20 +176,20 @@ def test_unreachable_url_says_what_to_do(tmp_path, server):
         download(Archive(f"{server[1]}/missing.tar", None), tmp_path / "dl")
 
 
-class FlakyHandler(http.server.SimpleHTTPRequestHandler):
+class FlakyHandler(Quiet):
     """Serves files, honouring `Range: bytes=N-` only if `ranges`; the first response is cut off
     after `cut` body bytes (the server closes the connection). Records each request's Range."""
 
     ranges, cut, seen = True, 0, []
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         data = Path(self.translate_path(self.path)).read_bytes()
         wanted = self.headers.get("Range")
         self.seen.append(wanted)
         start = int(wanted.removeprefix("bytes=").split("-")[0]) if wanted and self.ranges else 0
+        if start >= len(data) > 0:
+            self.send_error(416)  # Range Not Satisfiable: nothing after `start`
+            return
         self.send_response(206 if start else 200)
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -199,23 +207,27 @@ def test_an_interrupted_download_resumes_to_the_right_md5(tmp_path, ranges):
     payload = np.random.default_rng(0).bytes(300_000)
     (www / "big.tar").write_bytes(payload)
     handler = type("Handler", (FlakyHandler,), {"ranges": ranges, "cut": 120_000, "seen": []})
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(www))
-    )
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        archive = Archive(
-            f"http://127.0.0.1:{httpd.server_address[1]}/big.tar", md5sum(www / "big.tar")
-        )
+    with serving(www, handler) as url:
+        archive = Archive(f"{url}/big.tar", md5sum(www / "big.tar"))
         with pytest.raises(RuntimeError, match="closed after 120,000 of 300,000 bytes.*resumes"):
             download(archive, tmp_path / "dl")
         assert (tmp_path / "dl" / "big.tar.part").stat().st_size == 120_000  # kept for the resume
         path = download(archive, tmp_path / "dl")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert path.read_bytes() == payload and not (tmp_path / "dl" / "big.tar.part").exists()
     assert handler.seen == [None, "bytes=120000-"]  # the second request asks only for the rest
+
+
+def test_a_complete_part_file_killed_before_its_rename_is_kept(tmp_path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "big.tar").write_bytes(np.random.default_rng(1).bytes(50_000))
+    partial = tmp_path / "dl" / "big.tar.part"
+    partial.parent.mkdir()
+    partial.write_bytes((www / "big.tar").read_bytes())
+    handler = type("Handler", (FlakyHandler,), {"seen": []})
+    with serving(www, handler) as url:
+        path = download(Archive(f"{url}/big.tar", md5sum(www / "big.tar")), tmp_path / "dl")
+    assert handler.seen == ["bytes=50000-"] and path.read_bytes() == (www / "big.tar").read_bytes()
 
 
 @contextlib.contextmanager
