@@ -93,6 +93,7 @@ def test_same_stems_get_distinct_masks_and_an_unreadable_image_is_skipped(
     with pytest.raises(SkippedImages, match=r"1 of 4 images could not be read") as err:
         predict(cfg, tmp_path / "out")
     assert "broken.jpg is not a readable image" in str(err.value)
+    assert err.value.skipped == [images / "broken.jpg"]
     masks = tmp_path / "out" / "masks"
     # broken.jpg sorts first: the images after it are still done, none overwrites another
     assert [p.name for p in err.value.written] == ["x_jpg.png", "x_png.png", "z.png"]

@@ -213,11 +213,11 @@ def read_rgb(path: Path) -> np.ndarray:
 class SkippedImages(UserError):
     """Some inputs could not be read: they were skipped, every other mask was written."""
 
-    def __init__(self, skipped: list[str], written: list[Path], out: Path):
-        self.skipped, self.written = skipped, written
+    def __init__(self, reasons: dict[Path, str], written: list[Path], out: Path):
+        self.skipped, self.written = list(reasons), written
         super().__init__(
-            f"{len(skipped)} of {len(skipped) + len(written)} images could not be read and were "
-            f"skipped ({len(written)} masks written to {out}):\n  " + "\n  ".join(skipped)
+            f"{len(reasons)} of {len(reasons) + len(written)} images could not be read and were "
+            f"skipped ({len(written)} masks written to {out}):\n  " + "\n  ".join(reasons.values())
         )
 
 
@@ -238,13 +238,13 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    written, skipped = [], []
+    written, skipped = [], {}
     for path in track(files, "predicting", unit="images"):
         try:
             rgb = read_rgb(path)
         except UserError as err:
             print(f"skipped: {err}", file=sys.stderr)
-            skipped.append(str(err))
+            skipped[path] = str(err)
             continue
         image = normalize(rgb, datamodule.mean, datamodule.std)[None].to(device)
         probs = probabilities(net, image, rgb.shape[:2])[0].cpu().numpy()

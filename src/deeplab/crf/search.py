@@ -213,7 +213,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     backend = args.backend or ("torch" if torch.cuda.is_available() else "pydensecrf")
-    images, probs, masks = load_split(args.probs_dir, args.limit or None)
     grid = {a: getattr(args, a) for a in AXES}
     fine = None
     if not args.no_fine:
@@ -224,15 +223,16 @@ def main(argv=None) -> dict:
         "iterations": args.iterations, "pos_w": args.pos_w, "pos_xy_std": args.pos_xy_std,
         "normalization": args.normalization, "backend": backend,
     }  # fmt: skip
+    # Before the (long) loading, so that a log of another search is refused at once.
+    out = args.out or Path(args.probs_dir) / "crf_search.json"
+    names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
+    log = ScoreLog(out.with_suffix(".jsonl"), {**crf_kwargs, "images": names}, args.restart)
+    images, probs, masks = load_split(args.probs_dir, args.limit or None)
     unary = score(probs, masks)
     print(
         f"{len(images)} images from {args.probs_dir}; backend {backend}; "
         f"no CRF: mIoU {unary['mIoU']:.2f}"
     )
-    out = args.out or Path(args.probs_dir) / "crf_search.json"
-    names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
-    header = {**crf_kwargs, "images": names}
-    log = ScoreLog(out.with_suffix(".jsonl"), header, restart=args.restart)
     if log.scored:
         print(f"{len(log.scored)} settings already scored in {log.path}: skipping them")
     results, best = search(images, probs, masks, grid, fine, crf_kwargs, args.num_workers, log)
