@@ -1,5 +1,7 @@
 """Training and test details of the released Caffe prototxts (SPEC §12), checked by hand."""
 
+import cv2
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -7,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.config import compose
+from deeplab.data.transforms import CAFFE_MEAN_RGB, train_transform
 from deeplab.errors import UserError
 from deeplab.inference import wrap
 from deeplab.losses import segmentation_loss, shrink_labels
@@ -113,6 +116,28 @@ def test_pad_to_is_the_released_test_protocol_by_hand():
 def test_pad_to_composes_for_every_entry_point(config):
     cfg = compose(config, ["tta.pad_to=513"])
     assert cfg.tta.pad_to == 513 and set(cfg.tta) == {"scales", "flip", "tile", "overlap", "pad_to"}
+
+
+def test_discrete_scaling_is_caffes_resize():
+    """Caffe's TransformImgAndSeg: size int(side * s), cv::resize bilinear (image) and nearest
+    (label), then padding (mean / 255) and the crop."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (333, 301, 3), dtype=np.uint8)
+    mask = rng.integers(0, 21, (333, 301), dtype=np.uint8)
+    size = (int(301 * 0.75), int(333 * 0.75))  # (225, 249): truncated, as `img_height *= scale`
+    transform = train_transform(
+        249, CAFFE_MEAN_RGB, scale_mode="discrete", scales=[0.75], flip=False
+    )
+    out = transform(image=image, mask=mask)
+    assert out["image"].shape == (249, 249, 3)
+    np.testing.assert_array_equal(
+        out["image"][:, :225], cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    )
+    np.testing.assert_array_equal(
+        out["mask"][:, :225], cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+    )
+    assert (out["mask"][:, 225:] == 255).all()
+    assert (out["image"][:, 225:] == np.float32(CAFFE_MEAN_RGB)).all()
 
 
 class NetTypes(pl.Callback):
