@@ -1,8 +1,7 @@
 """DeepLab's training augmentation (SPEC §7) on albumentations, and the normalization pair.
 
-Geometry runs through albumentations (image bilinear, mask nearest); the tensor
-conversion is `normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the
-original RGB.
+Geometry runs through albumentations (image bilinear, mask nearest); the tensor conversion is
+`normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the original RGB.
 """
 
 from collections.abc import Sequence
