@@ -1,7 +1,8 @@
 """Score a checkpoint on the val split: `python src/evaluate.py ckpt_path=... [model=...]`.
 
 Use the same data / model / backbone groups as training. Options: `tta.scales=[0.5,0.75,1.0]`,
-`tta.flip=true`, `tta.tile=513` (sliding window), `crf=...`, `save_probs=<dir>`.
+`tta.flip=true`, `tta.tile=513` (sliding window), `tta.pad_to=513` (the released test nets'
+protocol), `crf=...`, `save_probs=<dir>`.
 """
 
 import hydra

@@ -46,6 +46,8 @@ def test_voc_sample_train_batch_is_cropped_and_padded_with_255(voc_sample_root):
     assert batch["mask"].shape == (4, 321, 321) and batch["mask"].dtype == torch.int64
     # VOC images are <= 500 px, so at scale 0.5 every crop holds bottom/right padding
     assert (batch["mask"][:, -1, :] == 255).all() and (batch["mask"][:, :, -1] == 255).all()
+    # padded with the exact mean colour, as Caffe pads in double: 0 once normalized
+    assert (batch["image"][:, :, -1, :] == 0).all() and (batch["image"][:, :, :, -1] == 0).all()
     assert len(batch["name"]) == 4
 
 
@@ -187,7 +189,7 @@ def test_train_transform_scales_keep_labels_and_pad_with_mean_and_255():
         assert out["image"].shape == (64, 64, 3) and out["mask"].shape == (64, 64)
         assert set(np.unique(out["mask"]).tolist()) <= {0, 1, 2, 255}  # nearest: no new labels
         assert (out["mask"][-1] == 255).all()
-        assert (out["image"][out["mask"] == 255] == (123, 117, 104)).all()
+        assert (out["image"][out["mask"] == 255] == np.float32(CAFFE_MEAN_RGB)).all()
     with pytest.raises(ValueError, match="data.random_scale='random'"):
         train_transform(64, CAFFE_MEAN_RGB, scale_mode="random")
 

@@ -1,7 +1,7 @@
 """Test-time wrappers around a network (mmseg style): they live outside the LightningModule.
 
 Each wrapper maps a normalized (B, 3, H, W) image to (B, C, H, W) logits at the input resolution,
-so wrappers nest: `SlidingWindow(MultiScaleFlip(net, ...), ...)`.
+so wrappers nest: `SlidingWindow(MultiScaleFlip(PadTo(net, 513), ...), ...)`.
 """
 
 import math
@@ -10,12 +10,49 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
+
 
 def resize(x: Tensor, size) -> Tensor:
-    """Bilinear resize of score maps (DeepLab upsamples logits this way, SPEC §1)."""
+    """Bilinear resize of score maps (DeepLab upsamples logits this way, SPEC §1).
+
+    Half-pixel centres (align_corners=False), this repository's default; `PadTo` gives the
+    released test nets' corner-aligned Interp instead.
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class PadTo(nn.Module):
+    """The released test nets' protocol (SPEC §12): pad bottom/right to `size` x `size` with the
+    mean colour, run the network, upsample the logits to `size` with corners aligned (Caffe's
+    `Interp zoom_factor: 8`, 65 -> 513), crop back to the image.
+
+    Inputs are normalized, so the mean colour is 0 (Caffe pads after converting to float, so it
+    is the exact mean). An image larger than `size` is refused: Caffe would centre-crop it and
+    never score the rest.
+    """
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, int(size)
+
+    def forward(self, image: Tensor) -> Tensor:
+        h, w = image.shape[-2:]
+        if max(h, w) > self.size:
+            fit = 8 * ((max(h, w) + 6) // 8) + 1  # the smallest 8k + 1: Caffe's stride-8 geometry
+            raise UserError(
+                f"tta.pad_to={self.size} is smaller than a {h}x{w} image: set tta.pad_to={fit} "
+                f"(or larger), add tta.tile={self.size} to score it in tiles, or tta.pad_to=null"
+            )
+        logits = self.net(F.pad(image, (0, self.size - w, 0, self.size - h)))
+        if isinstance(logits, list):  # an MSC network left in training mode
+            logits = logits[0]
+        full = F.interpolate(
+            logits, size=(self.size, self.size), mode="bilinear", align_corners=True
+        )
+        return full[..., :h, :w]
 
 
 class MultiScaleFlip(nn.Module):
@@ -71,8 +108,19 @@ class SlidingWindow(nn.Module):
         return total / count
 
 
-def wrap(net: nn.Module, num_classes: int, scales=(1.0,), flip=False, tile=None, overlap=1 / 3):
-    """The evaluation network: `net`, with multi-scale / flip, then sliding window if asked."""
+def wrap(
+    net: nn.Module,
+    num_classes: int,
+    scales=(1.0,),
+    flip=False,
+    tile=None,
+    overlap=1 / 3,
+    pad_to=None,
+):
+    """The evaluation network: `net`, padded to `pad_to` (the released test protocol) if set,
+    with multi-scale / flip, then sliding window if asked."""
+    if pad_to:
+        net = PadTo(net, pad_to)
     if tuple(scales) != (1.0,) or flip:
         net = MultiScaleFlip(net, scales, flip)
     if tile:

@@ -63,7 +63,8 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
 
 
 def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
-    """Fit, validate the final weights on the whole val split (with CRF if set), save results.
+    """Fit, validate the final weights on the whole val split (with `cfg.tta` and the CRF if
+    set), save results.
 
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
@@ -95,6 +96,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # resumable
 
     trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
+    module.net = wrap(module.net, datamodule.num_classes, **cfg.get("tta", {}))
     metrics = validate(trainer, module, datamodule)
     metrics["params"] = sum(p.numel() for p in net.parameters())
     metrics["train_img_per_s"] = throughput.img_per_s

@@ -1,8 +1,7 @@
 """DeepLab's training augmentation (SPEC §7) on albumentations, and the normalization pair.
 
-Geometry runs on uint8 arrays through albumentations (image bilinear, mask nearest); the tensor
-conversion is `normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the
-original RGB.
+Geometry runs through albumentations (image bilinear, mask nearest); the tensor conversion is
+`normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the original RGB.
 """
 
 from collections.abc import Sequence
@@ -57,15 +56,21 @@ def train_transform(
     scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
     flip: bool = True,
 ) -> A.Compose:
-    """Scale, pad bottom/right to the crop (mean colour / 255, as Caffe does), random crop, flip."""
+    """Scale, pad bottom/right to the crop (mean colour / 255, as Caffe does), random crop, flip.
+
+    Scaling runs on uint8 with the size truncated, int(h * s), as Caffe's data transformer does;
+    then the image turns float (0-255, values unchanged) so that the padding is the exact mean
+    colour, 0 after normalization, as Caffe pads after converting to double.
+    """
     steps = random_scale(scale_mode, scale_range, scales)
     steps += [
+        A.ToFloat(max_value=1.0),
         A.PadIfNeeded(
             min_height=crop_size,
             min_width=crop_size,
             position="top_left",
             border_mode=cv2.BORDER_CONSTANT,
-            fill=tuple(float(round(m)) for m in mean),
+            fill=tuple(float(m) for m in mean),
             fill_mask=IGNORE_INDEX,
         ),
         A.RandomCrop(height=crop_size, width=crop_size),
