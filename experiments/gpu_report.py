@@ -25,6 +25,7 @@ outside leaves what it measured.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import gc
 import os
 import signal
@@ -40,6 +41,7 @@ import bench_crf
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from deeplab import speed
 from deeplab.config import compose
@@ -53,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ("crf", "train", "compile", "eval")
 MIN_STAGE_S = 5.0  # a stage with less budget left than this is skipped rather than started
 CRF_BATCHES = (1, 8)
+CRF_SETTING = ["crf=deeplab_vgg16"]
 CRF_GOALS_MS = {"VOC": 10, "Cityscapes": 100}  # issue 15: 100x pydensecrf on one VOC image
 RESNET = ["model=aspp_l", "backbone=resnet101"]
 BF16, CHANNELS_LAST = "trainer.precision=bf16-mixed", "speed.channels_last=true"
@@ -91,6 +94,7 @@ class Profile:
     warmup: int
     steps: int
     caps: dict  # stage -> seconds
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
 
 FULL = Profile(
@@ -114,6 +118,7 @@ TINY = Profile(
     warmup=0,
     steps=1,
     caps={"crf": 60, "train": 60, "compile": 60, "eval": 60},
+    threads=1,  # tiny ops: threads only add overhead (5-10x slower on a loaded 2-core machine)
 )
 
 
@@ -222,6 +227,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def free_memory() -> None:
+    """After a failed row or a stage (not after each row: a collection takes up to a second)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -236,12 +242,18 @@ class Run:
     report: Report
 
     def config(self, name: str, overrides: list[str]):
-        """conf/<name>.yaml with this run's width, crop and batch, as the apps compose it."""
+        """conf/<name>.yaml with these overrides and this run's width, crop and batch.
+
+        Group choices (`model=aspp_l`) go through Hydra's compose, once per set of choices
+        (a composition takes ~0.3 s); values (`model.msc=true`) are merged onto a copy, which
+        refuses unknown keys as compose does (the composed config is in struct mode)."""
         p = self.profile
-        base = [f"model.width_mult={p.width_mult}", f"data.crop_size={p.crop}"]
-        base += [f"data.batch_size={p.batch}"]
-        base += ["trainer=gpu"] if self.device.type == "cuda" else []
-        return compose(name, base + overrides)
+        values = [f"model.width_mult={p.width_mult}", f"data.crop_size={p.crop}"]
+        values += [f"data.batch_size={p.batch}"]
+        groups = ["trainer=gpu"] if self.device.type == "cuda" else []
+        for override in overrides:
+            (values if "." in override.split("=")[0] else groups).append(override)
+        return OmegaConf.merge(_compose(name, tuple(groups)), OmegaConf.from_dotlist(values))
 
     def timed(self, fn) -> float:
         """Median wall seconds of fn() after the warm-up calls (bench.py's timer: syncs CUDA)."""
@@ -254,6 +266,11 @@ class Run:
     def peak_mib(self) -> str:
         """GPU: torch.cuda.max_memory_allocated since reset_peak; CPU: the process's peak RSS."""
         return f"{bench._peak_bytes(self.device) / 2**20:.0f}"
+
+
+@functools.cache
+def _compose(name: str, groups: tuple[str, ...]):
+    return compose(name, list(groups))
 
 
 def refine_batch(crf, images: list, probs: list) -> list:
@@ -270,9 +287,7 @@ def crf_size(run: Run, name: str, height: int, width: int, labels: int) -> None:
     """Torch rows first (the GPU is the point), then pydensecrf, then agreement on its images."""
     size = f"{name} {width}x{height}, {labels} labels"
     inputs = [bench_crf.make_input(height, width, labels, seed) for seed in range(max(CRF_BATCHES))]
-    crf = instantiate(
-        compose("train", ["crf=deeplab_vgg16", "crf.backend=torch", f"crf.device={run.device}"]).crf
-    )
+    crf = instantiate(run.config("train", CRF_SETTING).crf, backend="torch", device=str(run.device))
     images = [torch.from_numpy(image).to(run.device) for image, _ in inputs]
     probs = [torch.from_numpy(p).to(run.device) for _, p in inputs]
     torch_rows = []  # (row, labels of the first images)
@@ -302,7 +317,7 @@ def crf_size(run: Run, name: str, height: int, width: int, labels: int) -> None:
     reference = run.report.attempt(
         "crf",
         f"pydensecrf, {size}",
-        lambda: crf_reference(inputs[: run.profile.crf_references[name]]),
+        lambda: crf_reference(run, inputs[: run.profile.crf_references[name]]),
     )
     if reference is None:
         return
@@ -341,9 +356,9 @@ def crf_torch(run: Run, crf, images: list, probs: list) -> tuple[float, str, lis
     return seconds, run.peak_mib(), [q.argmax(0).cpu().numpy() for q in out]
 
 
-def crf_reference(inputs: list) -> tuple[float, list]:
+def crf_reference(run: Run, inputs: list) -> tuple[float, list]:
     """pydensecrf (single-threaded C++) on each image: median ms per image and the labels."""
-    crf = instantiate(compose("train", ["crf=deeplab_vgg16", "crf.backend=pydensecrf"]).crf)
+    crf = instantiate(run.config("train", CRF_SETTING).crf, backend="pydensecrf")
     times, labels = [], []
     for image, probs in inputs:
         start = time.perf_counter()
@@ -418,7 +433,6 @@ def train_stage(run: Run) -> None:
         )
         if row:
             run.report.add("train", {"variant": variant, **row})
-        free_memory()
     paper = {row.choice: row.paper[SPEED.name] for row in TABLE1.rows}
     for model, paper_speed in paper.items():
         for precision, overrides in PRECISIONS.items():
@@ -432,7 +446,6 @@ def train_stage(run: Run) -> None:
                     "vgg",
                     {"model": model, "precision": precision, **row, "paper img/s": paper_speed},
                 )
-            free_memory()
 
 
 def loss_check(run: Run) -> None:
@@ -442,7 +455,7 @@ def loss_check(run: Run) -> None:
     image, mask = fixed_batch(run, cfg, cfg.data.crop_size, cfg.data.batch_size)
     losses = {}
     for precision, overrides in PRECISIONS.items():
-        with torch.no_grad(), autocast(run, compose("train", overrides)):
+        with torch.no_grad(), autocast(run, run.config("train", overrides)):
             losses[precision] = segmentation_loss(net(image), mask).float().item()
     for precision, loss in losses.items():
         diff = f"{abs(loss - losses['fp32']) / abs(losses['fp32']):.2e}"
@@ -475,7 +488,6 @@ def eval_stage(run: Run) -> None:
         if row:
             precision = "bf16-mixed" if BF16 in overrides else "fp32"
             run.report.add("eval", {"pipeline": name, "precision": precision, **row})
-        free_memory()
 
 
 def eval_row(run: Run, image: np.ndarray, overrides: list[str], nets: dict) -> dict:
@@ -675,6 +687,8 @@ def main() -> None:
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
     profile = TINY if args.tiny else FULL
+    if profile.threads:
+        torch.set_num_threads(profile.threads)
     caps = {**profile.caps, **parse_caps(args.cap)}
     caps = {s: caps[s] for s in stages}
     report = Report(Path(args.out), header(args, device, profile), sections(profile), caps)
