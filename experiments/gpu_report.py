@@ -230,7 +230,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def free_memory() -> None:
-    """After a failed row or a stage (not after each row: a collection takes up to a second)."""
+    """Collect reference cycles and return cached CUDA blocks (after a failed row, a stage)."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -263,7 +263,11 @@ class Run:
         return bench._timed(fn, self.device, self.profile.warmup, self.profile.steps)[0]
 
     def reset_peak(self) -> None:
+        """Before a row's timed calls. On CUDA also collect what earlier rows left in cycles,
+        so that it does not count in this row's peak (on CPU, where the peak is the RSS and a
+        collection costs up to a second on a busy machine, nothing)."""
         if self.device.type == "cuda":
+            free_memory()
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_mib(self) -> str:
