@@ -652,13 +652,16 @@ def run_stages(run: Run, stages: list[str], budget_s: float, caps: dict) -> None
         run.report.stage(name, time.monotonic() - start, status)
 
 
-def parse_caps(items: list[str]) -> dict:
+def parse_caps(parser: argparse.ArgumentParser, items: list[str]) -> dict:
     caps = {}
     for item in items:
         stage, _, seconds = item.partition("=")
-        if stage not in STAGES or not seconds:
-            raise SystemExit(f"--cap {item!r}: expected STAGE=SECONDS with STAGE in {STAGES}")
-        caps[stage] = float(seconds)
+        try:
+            if stage not in STAGES:
+                raise ValueError(stage)
+            caps[stage] = float(seconds)
+        except ValueError:
+            parser.error(f"--cap {item}: expected STAGE=SECONDS with STAGE one of {STAGES}")
     return caps
 
 
@@ -669,7 +672,7 @@ def main() -> None:
         epilog="\n".join(__doc__.splitlines()[1:]),
     )
     parser.add_argument("--out", default="gpu_report.md", help="markdown report path")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present) | cuda | cpu")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, 1/16 width: the dry run")
     parser.add_argument("--budget", type=float, default=440.0, help="seconds for all stages")
     parser.add_argument(
@@ -683,14 +686,17 @@ def main() -> None:
     args = parser.parse_args()
     stages = [s for s in args.stages.split(",") if s]
     if set(stages) - set(STAGES):
-        raise SystemExit(f"--stages: unknown {sorted(set(stages) - set(STAGES))}; use {STAGES}")
+        parser.error(f"--stages: unknown {sorted(set(stages) - set(STAGES))}; use {STAGES}")
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda: torch sees no CUDA device; --device cpu --tiny is the dry run")
     device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        "cuda" if args.device == "cuda" or (args.device == "auto" and cuda) else "cpu"
     )
     profile = TINY if args.tiny else FULL
     if profile.threads:
         torch.set_num_threads(profile.threads)
-    caps = {**profile.caps, **parse_caps(args.cap)}
+    caps = {**profile.caps, **parse_caps(parser, args.cap)}
     caps = {s: caps[s] for s in stages}
     report = Report(Path(args.out), header(args, device, profile), sections(profile), caps)
     print("\n".join(report.header), flush=True)
