@@ -95,6 +95,7 @@ def resnet101_layers(
             for branch, (out_ch, inp, k) in zip(
                 ("2a", "2b", "2c"),
                 ((planes, in_ch, 1), (planes, planes, 3), (planes * 4, planes, 1)),
+                strict=True,
             ):
                 layers.append(_conv(rng, f"res{block}_branch{branch}", out_ch, inp, k, False))
                 layers += _bn_scale(rng, f"{block}_branch{branch}", out_ch)
