@@ -175,7 +175,7 @@ def _no_weights():
         (_msc_disagreeing, "MSC copy res3a_branch2a_res05 differs from res3a_branch2a"),
         (
             _wrong_shape,
-            "blob shape mismatch: backbone.layer3.5.conv2.weight (16, 15, 3, 3) (needs (16, 16, 3, 3))",
+            "shape mismatch: backbone.layer3.5.conv2.weight (16, 15, 3, 3) (needs (16, 16, 3, 3))",
         ),
     ],
 )
