@@ -54,9 +54,12 @@ def channels(c: int, width: float) -> int:
 # ----------------------------------------------------------------------------- the nets
 
 
-def _conv(name, bottom, num_output, kernel, pad=0, stride=1, dilation=1, bias=True, share=None):
+def _conv(
+    name, bottom, num_output, kernel, pad=0, stride=1, dilation=1, bias=True, share=None, hole=False
+):
+    """`hole=True`: DeepLab v1's spelling of the dilation (`hole: 12`)."""
     param = dict(num_output=num_output, kernel_size=kernel, pad=pad, stride=stride)
-    param.update(dilation=dilation, bias_term=bias)
+    param.update({"hole" if hole else "dilation": dilation, "bias_term": bias})
     return Layer(name, "Convolution", (bottom,), (name,), param, share)
 
 
@@ -78,7 +81,7 @@ def _eltwise(name, bottoms, operation):
     return Layer(name, "Eltwise", tuple(bottoms), (name,), dict(operation=operation))
 
 
-def vgg16_trunk(width: float, hole_key: str = "dilation") -> list[Layer]:
+def vgg16_trunk(width: float, hole: bool = False) -> list[Layer]:
     """conv1_1 ... pool5 of DeepLab's VGG-16: 3x3 pools (strides 2, 2, 2, 1, 1, pad 1) and
     conv5 at dilation 2, pad 2. The v1 (V1-format) prototxt spells dilation `hole`."""
     layers, bottom = [], "data"
@@ -86,10 +89,7 @@ def vgg16_trunk(width: float, hole_key: str = "dilation") -> list[Layer]:
         rate = 2 if stage == 5 else 1
         for m in range(1, n + 1):
             name = f"conv{stage}_{m}"
-            conv = _conv(name, bottom, channels(c, width), 3, pad=rate)
-            if rate > 1:
-                conv.param.pop("dilation")
-                conv.param[hole_key] = rate
+            conv = _conv(name, bottom, channels(c, width), 3, rate, dilation=rate, hole=hole)
             layers += [conv, _inplace(f"relu{stage}_{m}", "ReLU", name)]
             bottom = name
         stride = 2 if stage <= 3 else 1
@@ -98,14 +98,11 @@ def vgg16_trunk(width: float, hole_key: str = "dilation") -> list[Layer]:
     return layers
 
 
-def _vgg_branch(bottom, suffix, rate, width, hole_key="dilation"):
+def _vgg_branch(bottom, suffix, rate, width, hole=False):
     """fc6 (3x3, rate) - relu - dropout - fc7 (1x1) - relu - dropout - fc8_voc12 (classes)."""
     fc6, fc7, fc8 = f"fc6{suffix}", f"fc7{suffix}", f"fc8_voc12{suffix}"
-    conv6 = _conv(fc6, bottom, channels(1024, width), 3, pad=rate)
-    conv6.param.pop("dilation")
-    conv6.param[hole_key] = rate
     return [
-        conv6,
+        _conv(fc6, bottom, channels(1024, width), 3, rate, dilation=rate, hole=hole),
         _inplace(f"relu6{suffix}", "ReLU", fc6),
         _inplace(f"drop6{suffix}", "Dropout", fc6, dropout_ratio=0.5),
         _conv(fc7, fc6, channels(1024, width), 1),
@@ -128,9 +125,9 @@ def vgg16_aspp_l(width: float = 1.0) -> list[Layer]:
 def largefov(width: float = 1.0) -> list[Layer]:
     """DeepLab-LargeFOV (v1 test prototxt, V1 format): pool5, then `pool5a` (AVE 3x3, stride 1,
     pad 1), fc6 (3x3, hole 12, pad 12, 1024 wide), fc7, fc8_voc12, `fc8_interp` (zoom 8)."""
-    layers = vgg16_trunk(width, hole_key="hole")
+    layers = vgg16_trunk(width, hole=True)
     layers.append(_pool("pool5a", "pool5", "AVE", 3, 1, 1))
-    layers += _vgg_branch("pool5a", "", 12, width, hole_key="hole")
+    layers += _vgg_branch("pool5a", "", 12, width, hole=True)
     return layers + [_interp("fc8_interp", "fc8_voc12", zoom=8)]
 
 
