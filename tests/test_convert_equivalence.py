@@ -214,3 +214,22 @@ def test_converted_net_matches_the_caffe_layers(converted, height, width):
         # Every scale wins the MSC max somewhere, so the fusion is really compared.
         for branch in ("fc1_voc12", "fc1_voc12_res075_interp", "fc1_voc12_res05_interp"):
             assert (blobs[branch] == expected).any(), branch
+
+
+@pytest.mark.parametrize("converted", ["resnet101_msc_aspp_l"], indirect=True)
+def test_converted_msc_scales_match_the_caffe_branches(converted):
+    """In training the MSC net returns each scale's own scores (the losses read them): they are
+    Caffe's fc1_voc12, fc1_voc12_res075 (31 x 31) and fc1_voc12_res05 (21 x 21) at 321."""
+    _, net, weights, model, cfg = converted
+    torch.manual_seed(0)
+    rgb = torch.rand(1, 3, 321, 321, dtype=torch.float64) * 255
+    blobs = ref.forward(net, weights, ref.caffe_input(rgb))
+    mean = torch.tensor(list(cfg.data.mean), dtype=torch.float64)[:, None, None]
+    std = torch.tensor(list(cfg.data.std), dtype=torch.float64)[:, None, None]
+    with torch.no_grad():
+        fused, *scales = model.train()((rgb - mean) / std)
+    model.eval()
+    assert rel_error(fused, blobs["fc1_voc12_fusion"]) <= RTOL
+    for got, blob in zip(scales, ["fc1_voc12", "fc1_voc12_res075", "fc1_voc12_res05"], strict=True):
+        assert got.shape == blobs[blob].shape
+        assert rel_error(got, blobs[blob]) <= RTOL, blob
