@@ -9,9 +9,9 @@ relative, the independent Caffe computation of `caffe_reference` fed Caffe's own
 minus the mean). Narrow widths keep the full 101-layer depth cheap.
 """
 
-import sys
 from pathlib import Path
 
+import caffe_reference as ref  # tests/caffe_reference.py; pytest puts tests/ on sys.path
 import numpy as np
 import pytest
 import torch
@@ -20,10 +20,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf.errors import OmegaConfBaseException
 
-sys.path.insert(0, str(Path(__file__).parent))
-import caffe_reference as ref  # noqa: E402
-
-from deeplab.config import compose  # noqa: E402
+from deeplab.config import compose
 
 RTOL = 1e-6
 # name: (layer list builder, width, V1 format, score blob)
