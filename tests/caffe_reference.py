@@ -143,9 +143,9 @@ def _resnet_block_names() -> list[tuple[str, int, int, int, bool]]:
     return blocks
 
 
-def _resnet_branch(data: str, s: str, width: float) -> list[Layer]:
-    """One scale of the ResNet-101 ASPP-L net; every layer and blob name ends in suffix `s`,
-    and a suffixed layer shares the weights of its scale-1 original."""
+def resnet101_trunk(width: float = 1.0, data: str = "data", s: str = "") -> list[Layer]:
+    """conv1 ... res5c of DeepLab's ResNet-101 (output stride 8). Every layer and blob name ends
+    in suffix `s`; a suffixed layer shares the weights of its scale-1 original (MSC)."""
     share = (lambda name: name) if s else (lambda name: None)
     layers = []
 
@@ -185,11 +185,28 @@ def _resnet_branch(data: str, s: str, width: float) -> list[Layer]:
         layers.append(_eltwise(f"res{block}" + s, [shortcut, x], "SUM"))
         layers.append(_inplace(f"res{block}_relu" + s, "ReLU", f"res{block}" + s))
         bottom = f"res{block}" + s
+    return layers
+
+
+def _resnet_branch(data: str, s: str, width: float) -> list[Layer]:
+    """One scale of the ResNet-101 ASPP-L net: the trunk, then fc1_voc12_c0..c3 summed."""
+    layers = resnet101_trunk(width, data, s)
     for i, rate in enumerate(ASPP_L_RATES):
         name = f"fc1_voc12_c{i}"
-        layers.append(_conv(name + s, bottom, NUM_CLASSES, 3, rate, 1, rate, True, share(name)))
+        share = name if s else None
+        layers.append(_conv(name + s, "res5c" + s, NUM_CLASSES, 3, rate, 1, rate, True, share))
     branches = [f"fc1_voc12_c{i}" + s for i in range(len(ASPP_L_RATES))]
     return layers + [_eltwise("fc1_voc12" + s, branches, "SUM")]
+
+
+def msra_classifier() -> list[Layer]:
+    """The ImageNet head of MSRA's `ResNet-101-model.caffemodel`, which DeepLab starts from:
+    pool5 (AVE 7x7 on the 7x7 res5c of a 224 image) and fc1000 (InnerProduct to 1000 classes).
+    The converter drops it. It only fits the undilated net, so it is written, never run."""
+    return [
+        _pool("pool5", "res5c", "AVE", 7, 1, 0),
+        Layer("fc1000", "InnerProduct", ("pool5",), ("fc1000",), dict(num_output=1000)),
+    ]
 
 
 def resnet101_msc_aspp_l(width: float = 1.0) -> list[Layer]:
@@ -210,11 +227,6 @@ def resnet101_msc_aspp_l(width: float = 1.0) -> list[Layer]:
     return layers + [_interp("fc1_voc12_interp", "fc1_voc12_fusion", zoom=8)]
 
 
-# The blob each net's score map is read from: after the branch sum / MSC fusion, before the
-# final zoom-8 Interp.
-SCORES = {"vgg16_aspp_l": "fc8_voc12", "largefov": "fc8_voc12", "resnet": "fc1_voc12_fusion"}
-
-
 # ----------------------------------------------------------------------------- weights
 
 
@@ -229,6 +241,9 @@ def blob_shapes(net: list[Layer]) -> dict[str, list[tuple[int, ...]]]:
             shapes[layer.name] = [(p["num_output"], c, k, k)]
             if p["bias_term"]:
                 shapes[layer.name].append((p["num_output"],))
+            c = p["num_output"]
+        elif layer.type == "InnerProduct":  # on a 1 x 1 map (after a global pool)
+            shapes[layer.name] = [(p["num_output"], c), (p["num_output"],)]
             c = p["num_output"]
         elif layer.type == "BatchNorm":
             shapes[layer.name] = [(c,), (c,), (1,)]
@@ -255,7 +270,7 @@ def random_weights(net: list[Layer], seed: int) -> dict[str, list[np.ndarray]]:
         shapes = all_shapes.get(layer.name)
         if shapes is None:
             continue
-        if layer.type == "Convolution":
+        if layer.type in ("Convolution", "InnerProduct"):
             fan_in = int(np.prod(shapes[0][1:]))
             blobs = [rng.normal(0, (2 / fan_in) ** 0.5, shapes[0])]
             blobs += [rng.normal(0, 1, s) for s in shapes[1:]]

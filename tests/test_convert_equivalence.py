@@ -230,3 +230,27 @@ def test_converted_msc_scales_match_the_caffe_branches(converted):
     for got, blob in zip(scales, ["fc1_voc12", "fc1_voc12_res075", "fc1_voc12_res05"], strict=True):
         assert got.shape == blobs[blob].shape
         assert rel_error(got, blobs[blob]) <= RTOL, blob
+
+
+@pytest.mark.parametrize("given", ["converted", "caffemodel"])
+def test_msra_resnet101_initialises_deeplabs_backbone(tmp_path, given):
+    """MSRA's ImageNet ResNet-101 file, converted (or the .caffemodel itself) and given as
+    model.backbone.pretrained, makes the backbone compute Caffe's res5c in DeepLab's layout."""
+    trunk = ref.resnet101_trunk(1 / 32)
+    layers = trunk + ref.msra_classifier()
+    weights = ref.random_weights(layers, seed=101)
+    src = ref.write_caffemodel(tmp_path / "ResNet-101-model.caffemodel", layers, weights)
+    saved = _convert(src, tmp_path / "msra.pth")
+    assert not saved["complete"] and "fc1000" in saved["dropped"]
+    path = tmp_path / "msra.pth" if given == "converted" else src
+    cfg = _compose([*saved["overrides"], f"model.backbone.pretrained={path}"])
+    model = instantiate(cfg.model).double().eval()
+    torch.manual_seed(1)
+    rgb = torch.rand(1, 3, 321, 321, dtype=torch.float64) * 255
+    expected = ref.forward(trunk, weights, ref.caffe_input(rgb))["res5c"]
+    mean = torch.tensor(list(cfg.data.mean), dtype=torch.float64)[:, None, None]
+    std = torch.tensor(list(cfg.data.std), dtype=torch.float64)[:, None, None]
+    with torch.no_grad():
+        got = model.backbone((rgb - mean) / std)["res5"]
+    assert got.shape == expected.shape == (1, 64, 41, 41)
+    assert rel_error(got, expected) <= RTOL
