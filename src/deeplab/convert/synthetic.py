@@ -25,6 +25,21 @@ class CaffeLayer:
     blobs: list[np.ndarray]
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
+
+
+def _packed_floats(array: np.ndarray) -> bytes:
+    """BlobProto `data` (field 5, packed float32) as wire bytes: a float list per value would
+    take minutes and gigabytes for a full-size network."""
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    return bytes([5 << 3 | 2]) + _varint(len(raw)) + raw
+
+
 def write_caffemodel(path: str | Path, layers: list[CaffeLayer], v1: bool = False) -> Path:
     """Serialise `layers` as a NetParameter; `v1`: the old format DeepLab v1 was released in."""
     net = NetParameter(name="deeplab")
@@ -40,7 +55,7 @@ def write_caffemodel(path: str | Path, layers: list[CaffeLayer], v1: bool = Fals
                 blob.num, blob.channels, blob.height, blob.width = num, channels, height, width
             else:
                 blob.shape.dim.extend(array.shape)
-            blob.data.extend(array.astype(np.float32).reshape(-1).tolist())
+            blob.MergeFromString(_packed_floats(array))
     path = Path(path)
     path.write_bytes(net.SerializeToString())
     return path
