@@ -76,9 +76,11 @@ def test_every_table_row_normalizes_as_its_weights_expect(files):
         check_run(cfg)  # the same check train.py runs, on the real files
 
 
-def test_torchvision_weights_with_caffe_normalization_refuse_to_train(files, tmp_path):
-    # The trap: a torchvision file given the old way, with voc.yaml's Caffe mean, std 1.
-    cfg = compose("train", [f"model.backbone.pretrained={files['vgg16']}"])
+@pytest.mark.parametrize("key", ["model.backbone.pretrained", "init.path"])
+def test_torchvision_weights_with_caffe_normalization_refuse_to_train(files, tmp_path, key):
+    # The trap: a torchvision file without its init group, with voc.yaml's Caffe mean and
+    # std 1 (58x the inputs torchvision's VGG-16 expects).
+    cfg = compose("train", [f"{key}={files['vgg16']}"])
     with pytest.raises(UserError) as err:
         train(cfg, tmp_path)  # refused before anything is built
     message = str(err.value)
