@@ -99,15 +99,16 @@ def check_run(cfg) -> None:
     problems = []
     if not conv.fits(mean, std):
         problems.append(
-            f"they were trained on inputs normalized as {conv.name}, mean {list(conv.mean)} std "
-            f"{list(conv.std)}, but this run uses data.mean={mean} data.std={std}: pass "
-            f"init={conv.init.split(' / ')[0]} (sets both) or {conv.overrides()}"
+            f"these weights expect inputs normalized as {conv.name}, mean {list(conv.mean)} std "
+            f"{list(conv.std)}, but this run normalizes with data.mean={mean} data.std={std}: "
+            f"use init={conv.init.split(' / ')[0]} (it sets both) without data.mean / data.std "
+            f"overrides, or pass {conv.overrides()}"
         )
     stride = backbone.get("stride_in_1x1")
     if stride is not None and conv.stride_in_1x1 is not None and stride != conv.stride_in_1x1:
         where = "first 1x1 conv (Caffe)" if conv.stride_in_1x1 else "3x3 conv (torchvision)"
         problems.append(
-            f"they put a ResNet block's stride on the {where}: pass "
+            f"these weights put a ResNet block's stride on the {where}: pass "
             f"model.backbone.stride_in_1x1={str(conv.stride_in_1x1).lower()}"
         )
     if problems:

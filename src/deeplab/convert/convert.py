@@ -4,7 +4,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import hydra
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from deeplab.config import compose
@@ -19,7 +21,13 @@ _MODEL_KEYS = ("model=", "model.", "backbone=", "data.num_classes=")
 
 def build_target(overrides: list[str]) -> torch.nn.Module:
     """The network `overrides` compose (`train` config), on the meta device: shapes only."""
-    cfg = compose("train", [o for o in overrides if o.startswith(_MODEL_KEYS)])
+    overrides = [o for o in overrides if o.startswith(_MODEL_KEYS)]
+    # Inside a running Hydra app (train.py converting a .caffemodel given as pretrained weights)
+    # Hydra is initialised already and a second initialisation would fail.
+    if GlobalHydra.instance().is_initialized():
+        cfg = hydra.compose("train", overrides)
+    else:
+        cfg = compose("train", overrides)
     with torch.device("meta"):
         return instantiate(cfg.model)
 
