@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD
 from deeplab.errors import UserError
 
 
@@ -46,8 +47,8 @@ TORCHVISION = Convention(
 CAFFE = Convention(
     "Caffe (DeepLab's BGR mean in RGB order, std 1; first conv flipped to RGB)",
     "caffe / msra_resnet101 / coco_resnet101",
-    (122.675, 116.669, 104.008),
-    (1.0, 1.0, 1.0),
+    CAFFE_MEAN_RGB,
+    UNIT_STD,
     stride_in_1x1=True,
 )
 

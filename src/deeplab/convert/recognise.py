@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from deeplab.conventions import CAFFE
 from deeplab.convert.reader import Layer
 from deeplab.models.width import scale_width
 
-# The input every Caffe DeepLab network reads: BGR minus this mean, no scaling (SPEC §7, §12).
-# Written in RGB order, since the converter flips the first conv to read RGB.
-CAFFE_MEAN_RGB = [122.675, 116.669, 104.008]
-CAFFE_STD = [1.0, 1.0, 1.0]
-CAFFE_NORMALIZATION = [f"data.mean={CAFFE_MEAN_RGB}".replace(" ", ""), "data.std=[1.0,1.0,1.0]"]
+# The input every Caffe DeepLab network reads (SPEC §7, §12), as overrides.
+CAFFE_NORMALIZATION = [
+    f"data.{key}=[{','.join(f'{v:g}' if key == 'mean' else f'{v:.1f}' for v in values)}]"
+    for key, values in (("mean", CAFFE.mean), ("std", CAFFE.std))
+]
 # The released test nets pad each image to 513 x 513 (tta.pad_to, README "Released models").
 CAFFE_TEST_PROTOCOL = ["tta.pad_to=513"]
 ASPP_L_RATES = [6, 12, 18, 24]
@@ -44,7 +45,6 @@ class Recognised:
     prefix: str  # "net." for an MSC-wrapped network
     places: dict[str, str] = field(default_factory=dict)  # Caffe layer -> our module path
     dropped: dict[str, str] = field(default_factory=dict)  # Caffe layer -> why
-    resnet: bool = False
 
 
 def outputs(layer: Layer) -> int:
@@ -108,7 +108,7 @@ def _split_msc(layers: list[Layer]) -> tuple[list[Layer], dict[str, str]]:
 def _recognise_resnet(layers, drop_classifier: bool, msc: bool) -> Recognised:
     by_name = {lay.name: lay for lay in layers}
     mult = _width_mult(by_name["conv1"].blobs[0].shape[0], 64)
-    rec = Recognised("", [], True, "net." if msc else "", resnet=True)
+    rec = Recognised("", [], True, "net." if msc else "")
     classifiers = {}
     for lay in layers:
         place = _resnet_place(lay.name)
