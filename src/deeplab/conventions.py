@@ -29,12 +29,15 @@ class Convention:
     def fits(self, mean, std) -> bool:
         return bool(np.allclose(self.mean, mean) and np.allclose(self.std, std))
 
+    def override_list(self) -> list[str]:
+        """["data.mean=[...]", "data.std=[...]"]: the Hydra overrides that set this convention."""
+        return [
+            f"data.{k}=[{','.join(str(float(v)) for v in getattr(self, k))}]"
+            for k in ("mean", "std")
+        ]
+
     def overrides(self) -> str:
-        return f'"data.mean={_list(self.mean)}" "data.std={_list(self.std)}"'
-
-
-def _list(values) -> str:
-    return "[" + ",".join(f"{float(v):g}" for v in values) + "]"
+        return " ".join(f'"{o}"' for o in self.override_list())
 
 
 TORCHVISION = Convention(

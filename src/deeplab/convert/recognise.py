@@ -15,10 +15,7 @@ from deeplab.convert.reader import Layer
 from deeplab.models.width import scale_width
 
 # The input every Caffe DeepLab network reads (SPEC §7, §12), as overrides.
-CAFFE_NORMALIZATION = [
-    f"data.{key}=[{','.join(f'{v:g}' if key == 'mean' else f'{v:.1f}' for v in values)}]"
-    for key, values in (("mean", CAFFE.mean), ("std", CAFFE.std))
-]
+CAFFE_NORMALIZATION = CAFFE.override_list()
 # The released test nets pad each image to 513 x 513 (tta.pad_to, README "Released models").
 CAFFE_TEST_PROTOCOL = ["tta.pad_to=513"]
 ASPP_L_RATES = [6, 12, 18, 24]
