@@ -58,6 +58,16 @@ def test_resnet101_msc_aspp_loads_strictly_with_caffe_conventions(tmp_path):
     assert head.dilation == (24, 24)
 
 
+def test_msc_is_recognised_when_the_scale_copies_hold_no_weights(tmp_path):
+    layers = [
+        CaffeLayer(lay.name, lay.type, [] if lay.name.endswith("_res05") else lay.blobs)
+        for lay in resnet101_layers(W)
+    ]
+    out = convert(write_caffemodel(tmp_path / "msc.caffemodel", layers))
+    assert "model.msc=true" in out["overrides"]
+    build(out["overrides"]).load_state_dict(out["state_dict"], strict=True)
+
+
 def test_largefov_v1_format_with_legacy_blob_shapes(tmp_path):
     layers = vgg16_layers(W, num_classes=21, head="largefov")
     out = convert(write_caffemodel(tmp_path / "largefov.caffemodel", layers, v1=True))

@@ -40,7 +40,7 @@ def _v1_type(number: int) -> str:
 
 
 def read_caffemodel(path: str | Path) -> list[Layer]:
-    """The layers of `path` that hold weights, in file order.
+    """The layers of `path` in file order (those without weights too: their names tell MSC).
 
     Raises UserError for a file that does not parse (truncated, not a caffemodel) or holds no
     layer with weights.
@@ -58,8 +58,7 @@ def read_caffemodel(path: str | Path) -> list[Layer]:
         ) from err
     layers = [Layer(lay.name, lay.type, list(lay.blobs)) for lay in net.layer]
     layers += [Layer(lay.name, _v1_type(lay.type), list(lay.blobs)) for lay in net.layers]
-    layers = [lay for lay in layers if lay.blobs]
-    if not layers:
+    if not any(lay.blobs for lay in layers):
         raise UserError(
             f"{path} holds no layer with weights: it is not a trained .caffemodel (a .prototxt, "
             "solverstate or another file?)"

@@ -199,10 +199,12 @@ def _recognise_vgg(layers, drop_classifier: bool) -> Recognised:
 
 def recognise(layers: list[Layer], drop_classifier: bool = False) -> tuple[Recognised, list]:
     """(what the file is, the layers that could not be placed)."""
-    kept, msc_dropped = _split_msc(layers)
+    # An MSC net has scale copies of its layers, whether or not the file repeats their weights.
+    msc = any(lay.name.endswith(MSC_SUFFIXES) for lay in layers)
+    kept, msc_dropped = _split_msc([lay for lay in layers if lay.blobs])
     names = {lay.name for lay in kept}
     if {"conv1", "res5c_branch2c"} <= names:
-        rec = _recognise_resnet(kept, drop_classifier, msc=bool(msc_dropped))
+        rec = _recognise_resnet(kept, drop_classifier, msc)
     elif {"conv1_1", "conv5_3"} <= names:
         rec = _recognise_vgg(kept, drop_classifier)
     else:
