@@ -59,8 +59,9 @@ def test_resnet101_msc_aspp_loads_strictly_with_caffe_conventions(tmp_path):
 
 
 def test_msc_is_recognised_when_the_scale_copies_hold_no_weights(tmp_path):
+    copy = ("_res075", "_res05")
     layers = [
-        CaffeLayer(lay.name, lay.type, [] if lay.name.endswith("_res05") else lay.blobs)
+        CaffeLayer(lay.name, lay.type, [] if lay.name.endswith(copy) else lay.blobs)
         for lay in resnet101_layers(W)
     ]
     out = convert(write_caffemodel(tmp_path / "msc.caffemodel", layers))
