@@ -27,6 +27,7 @@ SMOKE = (
     "data.random_scale=none",
     "data.flip=false",
     "optim.lr=1e-5",
+    "data.std=[1.0,1.0,1.0]",  # random init, no weights' convention: the unscaled inputs 1e-5 suits
     "trainer.max_steps=5",
     "trainer.check_val_every_n_epoch=5",
 )

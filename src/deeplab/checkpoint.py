@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from deeplab.conventions import converted_checkpoint, is_converted
+
 
 def describe(
     net: nn.Module,
@@ -117,8 +119,9 @@ def checked_state(
 ) -> dict:
     """The network's weights from a loaded checkpoint, once they fit `net` and this run (class
     count, input normalization); evaluation, prediction and resume all load through here."""
-    state = network_state(checkpoint)
-    meta = checkpoint.get("deeplab")
+    state, meta = network_state(checkpoint), checkpoint.get("deeplab")
+    if is_converted(checkpoint):  # python -m deeplab.convert output (README, Released models)
+        state, meta = converted_checkpoint(checkpoint, source)
     check_compatible(state, net, meta, num_classes, source, model)
     check_normalization(meta, mean, std, source)
     return state

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from deeplab import speed, visuals
+from deeplab import conventions, speed, visuals
 from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
@@ -69,6 +69,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
     run_dir = Path(run_dir)
+    conventions.check_run(cfg)  # before anything is built: the weights' input convention
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = speed.apply(hydra.utils.instantiate(cfg.model), cfg.get("speed"))

@@ -24,10 +24,15 @@ class DeepLab(nn.Module):
         head: DeepLabHead,
         kernel_size: int,
         rates: Sequence[int],
+        pool5a: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
         self.feature = feature
+        # DeepLab v1 LargeFOV's `pool5a`: 3x3 average pool, stride 1, pad 1, between pool5 and
+        # fc6. Caffe divides by the window clipped to the padded input, always 9 here, i.e.
+        # count_include_pad. No parameters, so it changes no weight file.
+        self.pool5a = nn.AvgPool2d(3, 1, 1, count_include_pad=True) if pool5a else nn.Identity()
         self.head = head
         # Read by describe.py (Table 1 columns).
         self.kernel_size = kernel_size
@@ -37,7 +42,7 @@ class DeepLab(nn.Module):
         return self.head.classifier_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x)[self.feature])
+        return self.head(self.pool5a(self.backbone(x)[self.feature]))
 
 
 def build_backbone(
@@ -64,6 +69,7 @@ def build_deeplab(
     width_mult: float = 1.0,
     msc: bool = False,
     msc_scales: Sequence[float] = (1.0, 0.75, 0.5),
+    pool5a: bool = False,
 ) -> nn.Module:
     """Builds a DeepLab v2 network from `conf/model/*.yaml` + `conf/backbone/*.yaml`.
 
@@ -72,6 +78,7 @@ def build_deeplab(
     (`head_width` and `dropout` are unused), so the Table 1 `fov_*` rows there become a single
     k x k rate-r classifier. `backbone` holds `name`, `pretrained` (torchvision state dict path
     or None) and for ResNet `stride_in_1x1`, `freeze_bn`. `msc=True` wraps the net in `MSC`.
+    `pool5a=True` adds DeepLab v1 LargeFOV's 3x3 average pool (on pool5, or on res5 for ResNet).
     """
     opts = dict(backbone)
     name, pretrained = opts.pop("name", None), opts.pop("pretrained", None)
@@ -91,7 +98,7 @@ def build_deeplab(
         ]
     else:
         branches = [ResNetBranch(net.out_channels, num_classes, kernel_size, r) for r in rates]
-    model = DeepLab(net, feature, DeepLabHead(branches), kernel_size, rates)
+    model = DeepLab(net, feature, DeepLabHead(branches), kernel_size, rates, pool5a)
     if pretrained is not None:
         load_pretrained(model, pretrained)
     return MSC(model, tuple(msc_scales)) if msc else model

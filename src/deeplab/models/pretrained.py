@@ -1,9 +1,13 @@
-"""ImageNet initialisation from local torchvision-format `vgg16` / `resnet101` state dicts.
+"""Initialisation from local weight files: torchvision `vgg16` / `resnet101` state dicts, and the
+authors' Caffe models converted by `python -m deeplab.convert` (or a `.caffemodel`, converted on
+the fly).
 
-A load is a *plan*: (source key, target key, transform) triples. Every planned source key must
-be in the file, every file key must be planned or known-unused (the ImageNet classifier), and
-every transformed tensor must have the target's shape; otherwise one ValueError lists all the
-problems. Nothing is copied unless the whole plan fits.
+A torchvision load is a *plan*: (source key, target key, transform) triples. Every planned source
+key must be in the file, every file key must be planned or known-unused (the ImageNet
+classifier), and every transformed tensor must have the target's shape; otherwise one ValueError
+lists all the problems. Nothing is copied unless the whole plan fits. A converted file's keys
+are already ours: its backbone must fit whole; head layers are copied where their shapes fit.
+Each format's input convention is in `conventions.py`.
 """
 
 from collections.abc import Callable
@@ -12,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from deeplab.conventions import is_converted, of_converted
+from deeplab.errors import MissingFileError, UserError
 from deeplab.models.heads import VGGBranch
 from deeplab.models.resnet import ResNet
 from deeplab.models.vgg import VGGFeatures
@@ -23,17 +29,40 @@ _same: Transform = lambda t: t
 TV_FC_SPATIAL = 7  # torchvision's classifier.0 is fc6 as a 7x7 conv over pool5 (512 x 7 x 7)
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A state dict of tensors from `path`, loaded with `weights_only=True` (no pickled code)."""
+def read_weights(path: str | Path) -> dict:
+    """A torchvision state dict or a converted Caffe file, loaded with `weights_only=True`.
+
+    A `.caffemodel` is converted in memory (a few seconds for the released files).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.backbone.pretrained={path}: no such file. Download the torchvision weights "
             "(README, section 'Models') or set model.backbone.pretrained=null"
         )
+    if path.suffix == ".caffemodel":
+        from deeplab.convert.convert import convert  # the converter builds models: import late
+
+        return convert(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if is_converted(state):
+        return state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (torchvision format expected)")
+        raise UserError(
+            f"{path} is neither a state dict of tensors (torchvision format) nor a file written "
+            "by python -m deeplab.convert"
+        )
+    return state
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A torchvision-format state dict of tensors from `path`."""
+    state = read_weights(path)
+    if is_converted(state):
+        raise UserError(
+            f"{path} is a converted Caffe model; this network loads torchvision files only "
+            "(DeepLab's build_deeplab takes both)"
+        )
     return state
 
 
@@ -144,9 +173,61 @@ def apply_plan(
             target[dst].copy_(value)
 
 
+def _branch_source(key: str, state: dict[str, Tensor]) -> str:
+    """The file key for our `key`: the same, or branch 0's when the file has one head branch
+    (LargeFOV / the VGG init's fc6-fc7 start every branch of a multi-branch head)."""
+    if key in state or not key.startswith("head.branches."):
+        return key
+    _, _, _, rest = key.split(".", 3)
+    single = not any(k.startswith("head.branches.1.") for k in state)
+    return f"head.branches.0.{rest}" if single else key
+
+
+def load_converted(model: nn.Module, converted: dict, source: str) -> None:
+    """Initialises from a `deeplab.convert` file: the whole backbone, which must fit, and every
+    head tensor whose shape fits (VGG fc6/fc7; a classifier of the same class count)."""
+    state = {k.removeprefix("net."): v for k, v in converted["state_dict"].items()}
+    target = model.state_dict()
+    what = f"{source} ({converted['source']['recognised']})"
+    backbone = [k for k in target if k.startswith("backbone.")]
+    missing = [k for k in backbone if k not in state]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(target[k].shape)}"
+        for k in backbone
+        if k in state and state[k].shape != target[k].shape
+    ]
+    if missing or shapes:
+        raise UserError(
+            f"cannot initialise this backbone from {what}: "
+            + "; ".join(
+                f"{label} ({len(keys)}): {', '.join(keys[:4])}"
+                for label, keys in (("missing", missing), ("wrong shapes", shapes))
+                if keys
+            )
+            + f". Its network is built by: {' '.join(converted['overrides'])}"
+        )
+    stride = of_converted(converted).stride_in_1x1
+    if isinstance(model.backbone, ResNet) and stride is not None:
+        ours = model.backbone.layer2[0].conv1.stride == (2, 2)
+        if ours != stride:
+            raise UserError(
+                f"{what} puts the ResNet stride on the first 1x1 conv: pass "
+                "model.backbone.stride_in_1x1=true"
+            )
+    with torch.no_grad():
+        for key, value in target.items():
+            src = _branch_source(key, state)
+            if src in state and state[src].shape == value.shape:
+                value.copy_(state[src])
+
+
 def load_pretrained(model: nn.Module, path: str | Path) -> None:
-    """Initialises a DeepLab network's backbone (and VGG fc6/fc7) from a torchvision file."""
-    state = read_state_dict(path)
+    """Initialises a DeepLab network's backbone (and VGG fc6/fc7) from a torchvision file, a
+    converted Caffe file or a .caffemodel."""
+    state = read_weights(path)
+    if is_converted(state):
+        load_converted(model, state, str(path))
+        return
     backbone = model.backbone
     if isinstance(backbone, VGGFeatures):
         plan = vgg16_features_plan(backbone, "backbone.")

@@ -1,0 +1,106 @@
+"""A caffemodel -> `{"state_dict", "overrides", ...}`, checked against the network it names."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+
+from deeplab.config import compose
+from deeplab.convert.mapping import to_state_dict
+from deeplab.convert.reader import read_caffemodel
+from deeplab.convert.recognise import Recognised, recognise
+from deeplab.errors import UserError
+
+# Overrides that shape the network (the rest set the input convention and the test protocol).
+_MODEL_KEYS = ("model=", "model.", "backbone=", "data.num_classes=")
+
+
+def build_target(overrides: list[str]) -> torch.nn.Module:
+    """The network `overrides` compose (`train` config), on the meta device: shapes only."""
+    overrides = [o for o in overrides if o.startswith(_MODEL_KEYS)]
+    # Inside a running Hydra app (train.py converting a .caffemodel given as pretrained weights)
+    # Hydra is initialised already and a second initialisation would fail.
+    if GlobalHydra.instance().is_initialized():
+        cfg = hydra.compose("train", overrides)
+    else:
+        cfg = compose("train", overrides)
+    with torch.device("meta"):
+        return instantiate(cfg.model)
+
+
+def _classifier_keys(net: torch.nn.Module) -> set[str]:
+    ids = {id(p) for p in net.classifier_parameters()}
+    return {name for name, p in net.named_parameters() if id(p) in ids}
+
+
+def _check_fits(state: dict, rec: Recognised, source: Path) -> None:
+    """Every key the file should fill is filled, with the right shape, and nothing else."""
+    net = build_target(rec.overrides)
+    own = net.state_dict()
+    expected = set(own) if rec.complete else set(own) - _classifier_keys(net)
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {tuple(v.shape)} (needs {tuple(own[k].shape)})"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    problems = [
+        f"{label}: {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+        for label, keys in (
+            ("blob shape mismatch", shapes),
+            ("not in the file", missing),
+            ("no place in the network", unexpected),
+        )
+        if keys
+    ]
+    if problems:
+        raise UserError(
+            f"{source}: recognised {rec.description}, but its weights do not fit the network of "
+            f"{' '.join(rec.overrides)}: " + "; ".join(problems)
+        )
+
+
+def convert(path: str | Path, drop_classifier: bool = False) -> dict:
+    """The converted file's contents; raises UserError (nothing written) if any layer is off."""
+    path = Path(path).expanduser()
+    layers = read_caffemodel(path)
+    try:
+        rec, unplaced = recognise(layers, drop_classifier)
+    except ValueError as err:
+        raise UserError(f"{path}: {err}") from err
+    if unplaced:
+        listed = ", ".join(f"{lay.name} {tuple(lay.blobs[0].shape)}" for lay in unplaced[:8])
+        more = f" and {len(unplaced) - 8} more" if len(unplaced) > 8 else ""
+        raise UserError(
+            f"{path}: recognised {rec.description}; could not place {len(unplaced)} layer(s): "
+            f"{listed}{more}. The converter knows the released DeepLab v1/v2 VGG-16 and ResNet-101 "
+            "files (README, 'Converting the authors' Caffe models')"
+        )
+    state = to_state_dict(layers, rec)
+    _check_fits(state, rec, path)
+    return {
+        "state_dict": state,
+        "overrides": rec.overrides,
+        "complete": rec.complete,
+        "source": {"file": path.name, "recognised": rec.description},
+        "dropped": sorted(rec.dropped),
+    }
+
+
+def save(converted: dict, out: str | Path) -> None:
+    """Write atomically: a temp file in the same folder, renamed once complete."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.save(converted, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
