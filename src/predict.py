@@ -8,10 +8,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from deeplab.cli import reports_user_errors
 from deeplab.pipeline import predict
 
 
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
     written = predict(cfg, HydraConfig.get().runtime.output_dir)
     print(f"wrote {len(written)} masks to {written[0].parent}")

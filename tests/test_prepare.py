@@ -269,7 +269,7 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     zip_file(root / "gtFine_trainvaltest.zip", gt)
     with pytest.raises(SystemExit) as exit_info:
         main(["cityscapes", "--root", str(root)])
-    assert exit_info.value.code == 1  # leftImg8bit zip missing: instructions, not a traceback
+    assert exit_info.value.code == 2  # leftImg8bit zip missing: instructions, not a traceback
     zip_file(root / "leftImg8bit_trainvaltest.zip", img)
     prepare_cityscapes(root)
     dm = CityscapesDataModule(str(root / "cityscapes"), num_workers=0, crop_size=8)

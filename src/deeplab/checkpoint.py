@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from deeplab.errors import MissingFileError, UserError
+
 
 def describe(
     net: nn.Module,
@@ -55,7 +57,7 @@ def check_normalization(meta: dict | None, mean, std, source) -> None:
         return
     if np.allclose(saved["mean"], mean) and np.allclose(saved["std"], std):
         return
-    raise ValueError(
+    raise UserError(
         f"checkpoint {source} was trained on inputs normalized with mean {saved['mean']} and std "
         f"{saved['std']}, but this run uses mean {list(mean)} and std {list(std)}: pass "
         f'"data.mean={_hydra_value(saved["mean"])}" "data.std={_hydra_value(saved["std"])}".'
@@ -77,7 +79,7 @@ def check_compatible(
     print the overrides that rebuild the trained network.
     """
     if meta and meta.get("num_classes") != num_classes:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {source} was trained for {meta['num_classes']} classes, but this run has "
             f"{num_classes} (data.num_classes): pick the data set it was trained on, or start from "
             "ImageNet weights (model.backbone.pretrained) instead of this checkpoint."
@@ -99,7 +101,7 @@ def check_compatible(
         hints = model_overrides(meta["model"], model) if meta and "model" in meta and model else []
         if hints:
             fix += ": " + " ".join(f'"{h}"' for h in hints)
-        raise ValueError(
+        raise UserError(
             f"checkpoint {source}{trained} does not fit the configured {type(net).__name__}: "
             + "; ".join(details)
             + f". {fix}."
@@ -135,7 +137,7 @@ def load_network(
     """Load a training checkpoint's weights into `net` after `checked_state`'s checks."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: set ckpt_path to a .ckpt file")
+        raise MissingFileError(f"checkpoint {path} does not exist: set ckpt_path to a .ckpt file")
     # Our own Lightning checkpoints hold optimizer and loop state besides tensors.
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     net.load_state_dict(checked_state(checkpoint, net, num_classes, mean, std, model, path))

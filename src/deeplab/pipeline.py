@@ -17,10 +17,12 @@ from deeplab import speed, visuals
 from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
+from deeplab.errors import MissingFileError
 from deeplab.inference import probabilities, wrap
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
 from deeplab.results import as_metrics, print_table, write_metrics
+from deeplab.validate import check_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -63,6 +65,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
 
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
+    check_config(cfg)
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -158,6 +161,7 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
+    check_config(cfg)
     run_dir = Path(run_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = trained_network(cfg, datamodule)
@@ -179,7 +183,7 @@ def image_files(path: str | Path) -> list[Path]:
         return [path]
     files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
         )
     return files
@@ -188,6 +192,7 @@ def image_files(path: str | Path) -> list[Path]:
 @torch.no_grad()
 def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     """Images -> `masks/<stem>.png` (palette PNG) and `overlays/<stem>.jpg` under the output dir."""
+    check_config(cfg)
     out = Path(cfg.get("output_dir") or run_dir)
     files = image_files(cfg.input)
     datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only

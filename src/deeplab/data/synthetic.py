@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from deeplab.data.classes import IGNORE_INDEX, SYNTHETIC_CLASSES
 from deeplab.data.reader import write_mask
+from deeplab.errors import UserError
 
 SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -115,7 +116,7 @@ def build_synthetic(
     meta = root / "synthetic.json"
     if root.exists():
         if not meta.is_file() or json.loads(meta.read_text()) != params:
-            raise ValueError(
+            raise UserError(
                 f"{root} exists but was not built with these synthetic parameters {params}: "
                 "delete the folder to rebuild it, or set data.root to another folder"
             )

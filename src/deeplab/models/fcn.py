@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from deeplab.checkpoint import network_state
+from deeplab.errors import MissingFileError, UserError
 from deeplab.models.heads import VGGBranch
 from deeplab.models.msc import MSC
 from deeplab.models.options import fixed_backbone_options
@@ -102,9 +103,9 @@ class FCN(nn.Module):
     ):
         super().__init__()
         if stage not in SKIPS:
-            raise ValueError(f"model.stage={stage} is unknown; use 32, 16 or 8 (FCN-32s/16s/8s)")
+            raise UserError(f"model.stage={stage} is unknown; use 32, 16 or 8 (FCN-32s/16s/8s)")
         if learn_upsampling not in LEARN_UPSAMPLING:
-            raise ValueError(
+            raise UserError(
                 f"model.learn_upsampling={learn_upsampling!r} is unknown; use one of "
                 f"{LEARN_UPSAMPLING}"
             )
@@ -152,7 +153,7 @@ def load_previous_stage(net: FCN, path: str | Path) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.init_from={path}: no such file; point it at the previous stage's "
             "checkpoints/last.ckpt (train it with model.stage=32, then 16)"
         )
@@ -162,7 +163,7 @@ def load_previous_stage(net: FCN, path: str | Path) -> None:
     unexpected = [k for k in state if k not in own and not k.startswith("upscore.")]
     shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise UserError(
             f"model.init_from={path} is not an earlier stage of this FCN (same "
             f"model.width_mult and classes): missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"wrong shapes {shapes[:3]}"

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from deeplab.errors import MissingFileError, UserError
 from deeplab.models.heads import VGGBranch
 from deeplab.models.resnet import ResNet
 from deeplab.models.vgg import VGGFeatures
@@ -27,13 +28,13 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict of tensors from `path`, loaded with `weights_only=True` (no pickled code)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"model.backbone.pretrained={path}: no such file. Download the torchvision weights "
             "(README, section 'Models') or set model.backbone.pretrained=null"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a state dict of tensors (torchvision format expected)")
+        raise UserError(f"{path} is not a state dict of tensors (torchvision format expected)")
     return state
 
 
@@ -135,7 +136,7 @@ def apply_plan(
         if keys
     ]
     if problems:
-        raise ValueError(
+        raise UserError(
             f"cannot initialise from {source} (is it the right torchvision file, and "
             "model.width_mult=1.0?):\n  " + "\n  ".join(problems)
         )

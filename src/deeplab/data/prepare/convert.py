@@ -10,6 +10,7 @@ from scipy.io import loadmat
 
 from deeplab.data.classes import IGNORE_INDEX
 from deeplab.data.reader import write_mask
+from deeplab.errors import UserError
 
 # PASCAL-Part part names (Annotations_Part/*.mat) merged into Person-Part's 6 classes.
 PERSON_PARTS = {
@@ -27,7 +28,7 @@ def load_mat(path: Path) -> dict:
     try:
         return loadmat(path, squeeze_me=True, struct_as_record=False)
     except (ValueError, OSError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable .mat file ({err}): re-extract it") from err
+        raise UserError(f"{path} is not a readable .mat file ({err}): re-extract it") from err
 
 
 def sbd_mask(path: Path) -> np.ndarray:
@@ -42,7 +43,7 @@ def context_lut(labels_59: Path) -> np.ndarray:
         int(line.split(":")[0]) for line in labels_59.read_text().splitlines() if ":" in line
     )
     if len(ids) != 59:
-        raise ValueError(f"{labels_59} lists {len(ids)} classes, expected 59: re-download it")
+        raise UserError(f"{labels_59} lists {len(ids)} classes, expected 59: re-download it")
     lut = np.zeros(max(460, max(ids) + 1), dtype=np.uint8)
     lut[ids] = np.arange(1, 60, dtype=np.uint8)
     return lut

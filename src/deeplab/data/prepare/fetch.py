@@ -8,6 +8,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deeplab.errors import UserError
+
 
 @dataclass(frozen=True)
 class Archive:
@@ -35,7 +37,7 @@ def verify(path: Path, md5: str | None) -> None:
     if md5 is None:
         print(f"{path.name}: md5 {actual} (no official checksum to compare with)")
     elif actual != md5:
-        raise ValueError(
+        raise UserError(
             f"{path} has md5 {actual}, expected {md5}: the download is corrupt or incomplete; "
             "delete the file and run the prepare command again"
         )
@@ -52,7 +54,7 @@ def download(archive: Archive, dest_dir: Path) -> Path:
             with urllib.request.urlopen(archive.url, timeout=60) as resp, open(partial, "wb") as f:
                 shutil.copyfileobj(resp, f, 1 << 20)
         except OSError as err:
-            raise RuntimeError(
+            raise UserError(
                 f"cannot download {archive.url} ({err}): check the network, or fetch the file "
                 f"by hand into {dest_dir} and run the prepare command again"
             ) from err
@@ -71,4 +73,4 @@ def extract(path: Path, dest_dir: Path) -> None:
         with tarfile.open(path) as tf:
             tf.extractall(dest_dir, filter="data")
     else:
-        raise ValueError(f"{path} is neither a tar nor a zip archive: delete it and re-download")
+        raise UserError(f"{path} is neither a tar nor a zip archive: delete it and re-download")
