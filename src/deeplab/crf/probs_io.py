@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from deeplab.errors import MissingFileError, UserError
+from deeplab.files import read_file
 
 
 def save_probabilities(path, image, probs, mask) -> Path:
@@ -27,8 +28,19 @@ def save_probabilities(path, image, probs, mask) -> Path:
 
 
 def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> image uint8 (H, W, 3), probs float32 (C, H, W), mask int64 (H, W)."""
-    with np.load(path) as data:
+    """-> image uint8 (H, W, 3), probs float32 (C, H, W), mask int64 (H, W); a file that is
+    not such an .npz raises UserError naming it."""
+    return read_file(
+        _read,
+        path,
+        "probabilities file",
+        "delete it and save the probabilities again with `python src/evaluate.py ... "
+        "save_probs=<dir>`",
+    )
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path) as data:  # members decompress on access: read them inside read_file
         missing = {"image", "probs", "mask"} - set(data.files)
         if missing:
             raise UserError(

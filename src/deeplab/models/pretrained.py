@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from deeplab.errors import MissingFileError, UserError
+from deeplab.errors import UserError
+from deeplab.files import read_file
 from deeplab.models.heads import VGGBranch
 from deeplab.models.resnet import ResNet
 from deeplab.models.vgg import VGGFeatures
@@ -26,15 +27,18 @@ TV_FC_SPATIAL = 7  # torchvision's classifier.0 is fc6 as a 7x7 conv over pool5 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict of tensors from `path`, loaded with `weights_only=True` (no pickled code)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError(
-            f"model.backbone.pretrained={path}: no such file. Download the torchvision weights "
-            "(README, section 'Models') or set model.backbone.pretrained=null"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_file(
+        lambda p: torch.load(p, map_location="cpu", weights_only=True),
+        Path(path).expanduser(),
+        "model.backbone.pretrained weights file",
+        "download the torchvision weights (README, section 'Models') or set "
+        "model.backbone.pretrained=null",
+    )
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict of tensors (torchvision format expected)")
+        raise UserError(
+            f"model.backbone.pretrained={path} is not a state dict of tensors: pass torchvision's "
+            "weights file (README, section 'Models')"
+        )
     return state
 
 
