@@ -29,6 +29,7 @@ from deeplab.data.prepare.datasets import (
 )
 from deeplab.data.prepare.fetch import Archive, download, md5sum
 from deeplab.data.reader import read_ids, read_mask, write_mask
+from deeplab.errors import UserError
 
 H, W = 12, 16
 
@@ -161,7 +162,7 @@ def test_bad_checksum_names_the_file(tmp_path, voc_archives):
 
 
 def test_unreachable_url_says_what_to_do(tmp_path, server):
-    with pytest.raises(RuntimeError, match="cannot download .*missing.tar"):
+    with pytest.raises(UserError, match="cannot download .*missing.tar"):
         download(Archive(f"{server[1]}/missing.tar", None), tmp_path / "dl")
 
 

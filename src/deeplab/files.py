@@ -37,9 +37,12 @@ def first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-def read_file(read: Callable[[Path], T], path: str | Path, what: str, fix: str) -> T:
+def read_file(
+    read: Callable[[Path], T], path: str | Path, what: str, fix: str, extra_errors: tuple = ()
+) -> T:
     """`read(path)`; a missing path raises MissingFileError, an unreadable one UserError, both
-    as "<what> <path> ...: <fix>". A UserError that `read` raises itself passes unchanged."""
+    as "<what> <path> ...: <fix>". A UserError that `read` raises itself passes unchanged;
+    `extra_errors` are more exception types that mean "unreadable" for this reader."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{what} {path} does not exist: {fix}")
@@ -47,7 +50,7 @@ def read_file(read: Callable[[Path], T], path: str | Path, what: str, fix: str) 
         return read(path)
     except UserError:
         raise
-    except READ_ERRORS as err:
+    except (*READ_ERRORS, *extra_errors) as err:
         raise UserError(
             f"{what} {path} cannot be read ({first_line(err)}): the file is truncated, corrupt "
             f"or of another kind; {fix}"

@@ -10,7 +10,6 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab import speed, visuals
@@ -18,6 +17,7 @@ from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, l
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError
+from deeplab.images import read_rgb
 from deeplab.inference import probabilities, wrap
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
@@ -206,7 +206,7 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     written = []
     for path in files:
-        rgb = np.array(Image.open(path).convert("RGB"))  # a writable copy: the CRF needs one
+        rgb = read_rgb(path)  # a writable array: the CRF needs one
         image = normalize(rgb, datamodule.mean, datamodule.std)[None].to(device)
         probs = probabilities(net, image, rgb.shape[:2])[0].cpu().numpy()
         if crf is not None:

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from deeplab.data.classes import IGNORE_INDEX, voc_palette
 from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError, UserError
+from deeplab.files import read_file
+from deeplab.images import read_rgb
 
 
 def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
@@ -28,30 +30,20 @@ def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
     return ids[:limit] if limit is not None else ids
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); a corrupt or truncated file raises naming the file."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise UserError(
-            f"image {path} cannot be decoded ({err}); it is corrupt or truncated: "
-            "re-extract the data set (python -m deeplab.data.prepare ...)"
-        ) from err
-
-
 def read_mask(path: Path) -> np.ndarray:
-    """Class indices (H, W) uint8 from a palette (P) or grey (L) PNG."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise UserError(
-                    f"mask {path} has PIL mode {img.mode}; masks must be palette (P) or grey (L) "
-                    "PNGs holding class indices, not colours: convert it with the prepare command"
-                )
-            return np.array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise UserError(f"mask {path} cannot be decoded ({err}): re-extract the data set") from err
+    """Class indices (H, W) uint8 from a palette (P) or grey (L) PNG: the palette's indices,
+    never its colours; any other mode (RGB colours, 16-bit, alpha) is refused naming the file."""
+    return read_file(_decode_mask, path, "mask", "re-extract the data set (prepare command)")
+
+
+def _decode_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise UserError(
+                f"mask {path} has PIL mode {img.mode}; masks must be 8-bit palette (P) or grey "
+                "(L) PNGs holding class indices, not colours: convert it with the prepare command"
+            )
+        return np.array(img)
 
 
 def check_mask(mask: np.ndarray, path: Path, num_classes: int) -> None:
@@ -106,7 +98,7 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw uint8 RGB image and checked mask of one sample, at original size."""
         name = self.ids[index]
-        image = read_image(self.image_path(name))
+        image = read_rgb(self.image_path(name))
         mask = read_mask(self.mask_path(name))
         if image.shape[:2] != mask.shape:
             raise UserError(

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-from PIL import Image
 from scipy.io import loadmat
 
 from deeplab.data.classes import IGNORE_INDEX
-from deeplab.data.reader import write_mask
+from deeplab.data.reader import read_mask, write_mask
 from deeplab.errors import UserError
 
 # PASCAL-Part part names (Annotations_Part/*.mat) merged into Person-Part's 6 classes.
@@ -82,8 +81,7 @@ def cityscapes_lut() -> np.ndarray:
 
 
 def cityscapes_mask(path: Path, lut: np.ndarray) -> np.ndarray:
-    with Image.open(path) as img:
-        return lut[np.array(img)]
+    return lut[read_mask(path)]
 
 
 def convert_all(pairs: Iterable[tuple[Path, Path]], fn) -> list[Path]:

@@ -1,0 +1,82 @@
+"""The one image reader of the library: any file PIL opens -> RGB uint8, as a viewer shows it.
+
+Data sets, predict.py and everything else read pictures through `read_rgb`, so an image gives
+the same pixels wherever it is used. What "as a viewer shows it" means here:
+- EXIF orientation is applied (phone photos are stored sideways with a rotate tag);
+- the first frame of a multi-frame file (GIF, APNG, multi-page TIFF) is used;
+- transparency (RGBA, LA, PA, palette or tRNS transparency) is composited on white, the page
+  colour of most viewers and browsers; transparent pixels do not keep their hidden colour;
+- 16-bit and 32-bit integer images are scaled by their bit depth (65535 -> 255), not clipped;
+  float images must lie in [0, 1];
+- palette, grey, 1-bit, CMYK and YCbCr images are converted with PIL's conversions.
+Embedded colour profiles (ICC) are not applied: the paper's models were trained on the stored
+values (Caffe reads through OpenCV, which ignores them), and an evaluation must see the pixels
+its training did. Label masks are not read here: they are class indices (data/reader.py).
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from deeplab.errors import UserError
+from deeplab.files import read_file
+
+BACKGROUND = (255, 255, 255)  # what transparent pixels show
+ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+PLAIN_MODES = {"RGB", "RGBX", "L", "1", "P", "CMYK", "YCbCr"}  # PIL converts these to RGB
+HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+FIX = "convert it to an 8-bit RGB JPEG or PNG, or remove it"
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file; a file it cannot read as a picture raises a
+    UserError naming it (MissingFileError when it does not exist)."""
+    return read_file(_decode, path, "image", FIX, extra_errors=(Image.DecompressionBombError,))
+
+
+def _decode(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.seek(0)  # multi-frame files: the first frame
+        return to_rgb(ImageOps.exif_transpose(img), path)
+
+
+def to_rgb(img: Image.Image, path: str | Path = "image") -> np.ndarray:
+    """An opened PIL image as (H, W, 3) uint8 RGB, following the rules in the module doc."""
+    if img.mode in HIGH_DEPTH_MODES:
+        grey = _to_uint8(np.asarray(img), _bit_depth(img), path)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")  # also applies palette and tRNS transparency
+        page = Image.new("RGBA", img.size, (*BACKGROUND, 255))
+        return np.array(Image.alpha_composite(page, rgba).convert("RGB"))
+    if img.mode in PLAIN_MODES:
+        return np.array(img.convert("RGB"))
+    raise UserError(f"image {path} has PIL mode {img.mode}, which this reader does not take: {FIX}")
+
+
+def _bit_depth(img: Image.Image) -> int | None:
+    """Bits per sample of an integer image: 16 for I;16 and for PNG (which holds at most 16),
+    TIFF's BitsPerSample, else 32; None for floats."""
+    if img.mode == "F":
+        return None
+    if img.mode.startswith("I;16") or img.format == "PNG":
+        return 16
+    bits = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+    return int(bits[0] if isinstance(bits, tuple) else bits) if bits else 32
+
+
+def _to_uint8(values: np.ndarray, bits: int | None, path) -> np.ndarray:
+    values = values.astype(np.float64)
+    if bits is None:  # float samples: 0 is black, 1 is white
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise UserError(
+                f"image {path} is a float image with values outside [0, 1] "
+                f"({values.min():g} .. {values.max():g}), which has no standard display: {FIX}"
+            )
+        scale = 1.0
+    else:
+        if values.min() < 0:
+            raise UserError(f"image {path} holds negative pixel values: {FIX}")
+        scale = 2.0**bits - 1
+    return np.round(values / scale * 255).clip(0, 255).astype(np.uint8)
