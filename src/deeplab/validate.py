@@ -87,7 +87,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.batch_size", positive_int, "an integer >= 1, e.g. data.batch_size=10"),
     ("data.val_batch_size", positive_int, "an integer >= 1, e.g. data.val_batch_size=1"),
     ("data.crop_size", positive_int, "a crop side in pixels >= 1, e.g. data.crop_size=321"),
-    ("data.random_scale", one_of("uniform", "discrete", "none"), "uniform, discrete or none"),
+    (
+        "data.random_scale",
+        one_of("uniform", "discrete", "none"),
+        "uniform, discrete or none, e.g. data.random_scale=uniform",
+    ),
     (
         "data.scale_range",
         scale_range,
@@ -98,7 +102,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         numbers(None, positive),
         "a non-empty list of factors > 0, e.g. data.scales=[0.5,1.0,1.5]",
     ),
-    ("data.flip", one_of(True, False), "true or false"),
+    ("data.flip", one_of(True, False), "true or false, e.g. data.flip=true"),
     (
         "data.num_workers",
         non_negative_int,
@@ -133,14 +137,14 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ),
     ("model.dropout", fraction, "a probability in [0, 1), e.g. model.dropout=0.5"),
     ("model.width_mult", positive, "a factor > 0 (1.0: full width), e.g. model.width_mult=0.25"),
-    ("model.msc", one_of(True, False), "true or false"),
+    ("model.msc", one_of(True, False), "true or false, e.g. model.msc=true"),
     (
         "model.msc_scales",
         msc_scales,
         "factors > 0 including 1.0, e.g. model.msc_scales=[1.0,0.75,0.5]",
     ),
     ("model.backbone_lr_mult", non_negative, "a factor >= 0, e.g. model.backbone_lr_mult=0.1"),
-    ("optim.name", one_of("sgd", "adamw"), "sgd or adamw"),
+    ("optim.name", one_of("sgd", "adamw"), "sgd or adamw, e.g. optim.name=sgd"),
     ("optim.lr", positive, "a learning rate > 0, e.g. optim.lr=1e-3"),
     ("optim.momentum", fraction, "a value in [0, 1), e.g. optim.momentum=0.9"),
     ("optim.weight_decay", non_negative, "a value >= 0, e.g. optim.weight_decay=5e-4"),
@@ -173,8 +177,12 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         optional(positive),
         "null (no clipping) or a norm > 0, e.g. trainer.gradient_clip_val=2.0",
     ),
-    ("crf.backend", one_of("pydensecrf", "torch"), "pydensecrf or torch"),
-    ("crf.normalization", one_of("symmetric", "per_pixel"), "symmetric or per_pixel"),
+    ("crf.backend", one_of("pydensecrf", "torch"), "pydensecrf or torch, e.g. crf.backend=torch"),
+    (
+        "crf.normalization",
+        one_of("symmetric", "per_pixel"),
+        "symmetric or per_pixel, e.g. crf.normalization=symmetric",
+    ),
     ("crf.iterations", non_negative_int, "an integer >= 0, e.g. crf.iterations=10"),
     ("crf.pos_w", non_negative, "a weight >= 0, e.g. crf.pos_w=3"),
     ("crf.bi_w", non_negative, "a weight >= 0, e.g. crf.bi_w=4"),
@@ -186,7 +194,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         numbers(None, positive),
         "a non-empty list of factors > 0, e.g. tta.scales=[1.0] or [0.5,0.75,1.0]",
     ),
-    ("tta.flip", one_of(True, False), "true or false"),
+    ("tta.flip", one_of(True, False), "true or false, e.g. tta.flip=true"),
     (
         "tta.tile",
         optional(positive_int),
@@ -208,7 +216,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 def _show(value: Any) -> str:
     """As the user would type it on the command line."""
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def check_config(cfg: DictConfig) -> None:
