@@ -32,9 +32,10 @@ READ_ERRORS = (
 )
 
 
-def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+def first_sentence(err: BaseException) -> str:
+    """The reader's own words, cut to their first sentence (torch's run on for five)."""
+    text = str(err).strip().split("\n")[0].split(". ")[0]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def read_file(
@@ -52,6 +53,6 @@ def read_file(
         raise
     except (*READ_ERRORS, *extra_errors) as err:
         raise UserError(
-            f"{what} {path} cannot be read ({first_line(err)}): the file is truncated, corrupt "
+            f"{what} {path} cannot be read ({first_sentence(err)}): the file is truncated, corrupt "
             f"or of another kind; {fix}"
         ) from err
