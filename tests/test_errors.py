@@ -19,9 +19,11 @@ from deeplab.cli import reports_user_errors
 from deeplab.config import compose
 from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.crf.search import main as crf_search
+from deeplab.data.reader import read_ids
 from deeplab.errors import MissingFileError, UserError
 from deeplab.models.pretrained import read_state_dict
 from deeplab.pipeline import evaluate, model_config, predict, train
+from deeplab.tables.runs import load_jobs
 from deeplab.validate import check_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +148,25 @@ def test_unreadable_checkpoints_and_weights_are_named(tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.ckpt")
     with pytest.raises(UserError, match="holds a list, not a checkpoint"):
         load_network(net, tmp_path / "list.ckpt", 7, cfg.data.mean, cfg.data.std)
+
+
+def test_resume_from_an_unreadable_checkpoint_is_named_before_training(tmp_path):
+    for path in broken_files(tmp_path).values():
+        cfg = compose("train", [*SMOKE, f"data_dir={tmp_path}", "logger=csv", f"ckpt_path={path}"])
+        with pytest.raises(UserError, match=rf"checkpoint {re.escape(str(path))} cannot be read"):
+            train(cfg, tmp_path / "run")
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_unreadable_split_lists_and_job_configs_are_named(tmp_path):
+    (tmp_path / "train.txt").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(UserError, match=r"split list .*train\.txt cannot be read"):
+        read_ids(tmp_path / "train.txt")
+    job = tmp_path / "sweep" / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(UserError, match=r"job config .*config\.yaml cannot be read"):
+        load_jobs(tmp_path / "sweep")
 
 
 def test_corrupt_probability_files_are_named(tmp_path):

@@ -1,5 +1,6 @@
 """Loading weights safely: a checkpoint from another class count or architecture fails clearly."""
 
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -157,8 +158,18 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
         lambda p: torch.load(p, map_location="cpu", weights_only=False),
         path,
         "checkpoint",
-        f"set {key} to a .ckpt file written by train.py (checkpoints/last.ckpt or best-*.ckpt)",
+        _fix(key),
     )
+
+
+def check_readable(path: str | Path, key: str = "ckpt_path") -> None:
+    """Raise UserError unless `path` is a whole checkpoint archive (torch writes zip files; a
+    truncated copy has lost its central directory), without loading its tensors."""
+    read_file(lambda p: zipfile.ZipFile(p).close(), path, "checkpoint", _fix(key))
+
+
+def _fix(key: str) -> str:
+    return f"set {key} to a .ckpt file written by train.py (checkpoints/last.ckpt or best-*.ckpt)"
 
 
 def load_network(

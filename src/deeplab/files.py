@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import yaml
+
 from deeplab.errors import MissingFileError, UserError
 
 T = TypeVar("T")
@@ -21,7 +23,7 @@ T = TypeVar("T")
 READ_ERRORS = (
     OSError,  # includes PIL's UnidentifiedImageError, truncated-file errors
     EOFError,
-    ValueError,  # numpy: pickled data / bad header; PIL: bad mode
+    ValueError,  # numpy: pickled data / bad header; PIL: bad mode; JSON; undecodable text
     RuntimeError,  # torch: PytorchStreamReader failed ...
     SyntaxError,  # PIL: broken PNG chunks
     KeyError,  # zip archives missing a member
@@ -29,6 +31,7 @@ READ_ERRORS = (
     pickle.UnpicklingError,
     zipfile.BadZipFile,
     zlib.error,
+    yaml.YAMLError,  # config files (OmegaConf.load)
 )
 
 

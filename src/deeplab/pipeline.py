@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab import speed, visuals
 from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
-from deeplab.checkpoint import load_network
+from deeplab.checkpoint import check_readable, load_network
 from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError
 from deeplab.images import read_rgb
@@ -66,6 +66,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
     check_config(cfg)
+    if cfg.get("ckpt_path"):  # Lightning reads it, late and in torch's words: name it first
+        check_readable(cfg.ckpt_path)
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)

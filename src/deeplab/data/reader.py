@@ -22,9 +22,8 @@ from deeplab.images import read_rgb
 
 def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
     """Ids of a split list (one per line; VOC's extra columns are dropped), first `limit` only."""
-    if not list_file.is_file():
-        raise MissingFileError(f"split list {list_file} is missing: run the prepare command")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    text = read_file(Path.read_text, list_file, "split list", "run the prepare command again")
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
         raise UserError(f"split list {list_file} is empty: re-run the prepare command")
     return ids[:limit] if limit is not None else ids

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.errors import MissingFileError, UserError
+from deeplab.files import read_file
 
 
 @dataclass
@@ -50,7 +51,9 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
         job_dir = config_file.parent.parent
-        config = OmegaConf.load(config_file)
+        config = read_file(
+            OmegaConf.load, config_file, "job config", "delete the job folder or run the job again"
+        )
         jobs.append(Job(job_dir, config, _choices(config_file.parent), _metrics(job_dir)))
     if not jobs:
         raise MissingFileError(

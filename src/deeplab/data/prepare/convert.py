@@ -10,6 +10,7 @@ from scipy.io import loadmat
 from deeplab.data.classes import IGNORE_INDEX
 from deeplab.data.reader import read_mask, write_mask
 from deeplab.errors import UserError
+from deeplab.files import read_file
 
 # PASCAL-Part part names (Annotations_Part/*.mat) merged into Person-Part's 6 classes.
 PERSON_PARTS = {
@@ -38,9 +39,8 @@ def sbd_mask(path: Path) -> np.ndarray:
 def context_lut(labels_59: Path) -> np.ndarray:
     """459-class id -> 0..59 from the official `59_labels.txt` ("<id>: <name>" lines): the 59
     classes become 1..59 in id order, every other class becomes background 0."""
-    ids = sorted(
-        int(line.split(":")[0]) for line in labels_59.read_text().splitlines() if ":" in line
-    )
+    text = read_file(Path.read_text, labels_59, "class list", "re-download it")
+    ids = sorted(int(line.split(":")[0]) for line in text.splitlines() if ":" in line)
     if len(ids) != 59:
         raise UserError(f"{labels_59} lists {len(ids)} classes, expected 59: re-download it")
     lut = np.zeros(max(460, max(ids) + 1), dtype=np.uint8)
