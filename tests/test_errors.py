@@ -91,6 +91,13 @@ def test_bad_config_values_are_refused_naming_the_key(name, override):
         check_config(cfg)
 
 
+def test_required_values_left_unset_are_named():
+    with pytest.raises(UserError, match=r"^ckpt_path, input must be set: pass ckpt_path=.* input="):
+        check_config(compose("predict"))
+    with pytest.raises(UserError, match=r"^probs_dir must be set"):
+        check_config(compose("crf_eval"))
+
+
 def test_every_shipped_config_passes():
     for name, overrides in [
         ("train", []),

@@ -219,8 +219,21 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+# Values a config leaves to the command line (`???`), with what to pass.
+REQUIRED = {
+    "ckpt_path": "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt",
+    "input": "input=<an image or a folder of images>",
+    "probs_dir": "probs_dir=<the folder of python src/evaluate.py ... save_probs=<dir>>",
+}
+
+
 def check_config(cfg: DictConfig) -> None:
-    """Raise a UserError for the first value of RULES that `cfg` has and that is invalid."""
+    """Raise a UserError for a required value left unset, or the first value of RULES that
+    `cfg` has and that is invalid."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        examples = " ".join(REQUIRED.get(key, f"{key}=...") for key in missing)
+        raise UserError(f"{', '.join(missing)} must be set: pass {examples} on the command line.")
     for key, check, expected in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
         if value is _ABSENT:
