@@ -271,6 +271,11 @@ def test_checkpoints_without_a_recorded_config_still_load(tmp_path):
     ckpt = tmp_path / "old.ckpt"
     save_checkpoint(ckpt, [])
     old = torch.load(ckpt, weights_only=False)
+    del old["deeplab"]["model"]["msc_scales"]  # a field the configs gained later
+    torch.save(old, ckpt)
+    load([f"ckpt_path={ckpt}"])
+    with pytest.raises(UserError, match="model.rates"):
+        load([f"ckpt_path={ckpt}", "model.rates=[24]"])  # the fields both have still count
     del old["deeplab"]["model"]
     torch.save(old, ckpt)
     load([f"ckpt_path={ckpt}", "model.rates=[24]"])  # nothing to compare with: loads

@@ -22,8 +22,6 @@ NOT_COMPARED = {"pretrained", "init_from", "num_classes"}
 TRAINING_ONLY = {"dropout", "freeze_bn", "backbone_lr_mult", "learn_upsampling"}
 # Fields that say which network a config builds (the rest scale it or wrap it).
 NOT_ARCHITECTURE = NOT_COMPARED | TRAINING_ONLY | {"width_mult", "msc", "msc_scales", "backbone"}
-
-
 IDENTITY = ("_target_", "name")  # which builder / backbone a config level describes
 
 
@@ -34,19 +32,21 @@ def hydra_value(value) -> str:
 
 def differences(saved: dict, current: dict, training: bool, prefix: str = "model") -> list:
     """(dotted key, saved value, this run's value) of every compared field that differs;
-    `training` (a resume) compares the training-only fields too. When the builder (`_target_`)
-    or the backbone `name` differs, the other fields of that level are not listed: they belong
-    to another network and the group switch resets them."""
+    `training` (a resume) compares the training-only fields too. Only fields both configs have
+    are compared: a field added to the configs after a checkpoint was written takes its default
+    and must not refuse older checkpoints. When the builder (`_target_`) or the backbone `name`
+    differs, the other fields of that level are not listed: they belong to another network and
+    the group switch resets them."""
     skip = NOT_COMPARED | (set() if training else TRAINING_ONLY)
-    keys = set(saved) | set(current)
+    keys = set(saved) & set(current)
     for identity in IDENTITY:
-        if identity in keys and saved.get(identity) != current.get(identity):
-            keys = {identity} | {k for k in keys if isinstance(saved.get(k), dict)}
+        if identity in keys and saved[identity] != current[identity]:
+            keys = {identity} | {k for k in keys if isinstance(saved[k], dict)}
     out = []
     for key in sorted(keys):
         if key in skip:
             continue
-        a, b = saved.get(key), current.get(key)
+        a, b = saved[key], current[key]
         if isinstance(a, dict) and isinstance(b, dict):
             out += differences(a, b, training, f"{prefix}.{key}")
         elif a != b:
