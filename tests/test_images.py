@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab.data.reader import read_mask, write_mask
+from deeplab.data.reader import SegmentationDataset, read_mask, write_mask
 from deeplab.errors import MissingFileError, UserError
 from deeplab.images import read_rgb, to_rgb
 
@@ -116,6 +116,24 @@ def test_exif_orientation_is_applied(tmp_path):
     assert (exact == expected).all()
     photo = write(tmp_path, "phone.jpg", img, exif=exif.tobytes(), quality=100, subsampling=0)
     assert np.abs(read_rgb(photo).astype(int) - expected).max() <= 12
+
+
+def test_a_mask_drawn_on_the_unrotated_pixels_is_explained(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(RGB).save(tmp_path / "JPEGImages/a.jpg", exif=exif.tobytes())
+    write_mask(np.zeros((H, W), np.uint8), tmp_path / "masks/a.png")  # the stored orientation
+    data = SegmentationDataset(
+        ["a"],
+        f"{tmp_path}/JPEGImages/{{id}}.jpg",
+        f"{tmp_path}/masks/{{id}}.png",
+        2,
+        (0,) * 3,
+        (1,) * 3,
+    )
+    with pytest.raises(UserError, match=r"a\.jpg is 4x6 but mask .* is 6x4.*EXIF rotation"):
+        data.load(0)
 
 
 def test_first_frame_of_a_multi_frame_file(tmp_path):

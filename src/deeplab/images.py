@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from deeplab.errors import UserError
 from deeplab.files import read_file
 
+EXIF_ORIENTATION = 0x0112  # the tag; 5..8 are the transposing orientations
 BACKGROUND = (255, 255, 255)  # what transparent pixels show
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 PLAIN_MODES = {"RGB", "RGBX", "L", "1", "P", "CMYK", "YCbCr"}  # PIL converts these to RGB
@@ -39,6 +40,12 @@ def _decode(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         img.seek(0)  # multi-frame files: the first frame
         return to_rgb(ImageOps.exif_transpose(img), path)
+
+
+def exif_turned(path: str | Path) -> bool:
+    """Whether the file's EXIF orientation turns it a quarter (width and height swap)."""
+    with Image.open(path) as img:
+        return img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
 
 
 def to_rgb(img: Image.Image, path: str | Path = "image") -> np.ndarray:

@@ -17,7 +17,7 @@ from deeplab.data.classes import IGNORE_INDEX, voc_palette
 from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError, UserError
 from deeplab.files import read_file
-from deeplab.images import read_rgb
+from deeplab.images import exif_turned, read_rgb
 
 
 def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
@@ -100,9 +100,16 @@ class SegmentationDataset(Dataset):
         image = read_rgb(self.image_path(name))
         mask = read_mask(self.mask_path(name))
         if image.shape[:2] != mask.shape:
+            turned = image.shape[1::-1] == mask.shape and exif_turned(self.image_path(name))
             raise UserError(
                 f"image {self.image_path(name)} is {image.shape[1]}x{image.shape[0]} but mask "
                 f"{self.mask_path(name)} is {mask.shape[1]}x{mask.shape[0]}: they must match"
+                + (
+                    " (the image carries an EXIF rotation, applied as a viewer does; the mask "
+                    "follows the unrotated pixels: rotate the image's pixels and drop the tag)"
+                    if turned
+                    else ""
+                )
             )
         check_mask(mask, self.mask_path(name), self.num_classes)
         return image, mask
