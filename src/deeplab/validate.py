@@ -7,7 +7,6 @@ loss, `data.crop_size=-5` inside albumentations, `tta.scales=[]` as a ZeroDivisi
 key, what it must be and a valid example.
 """
 
-import json
 from collections.abc import Callable
 from numbers import Real
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.errors import UserError
+from deeplab.overrides import hydra_value
 
 _ABSENT = object()
 
@@ -214,11 +214,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
-def _show(value: Any) -> str:
-    """As the user would type it on the command line."""
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-
-
 # Values a config leaves to the command line (`???`), with what to pass.
 REQUIRED = {
     "ckpt_path": "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt",
@@ -241,4 +236,4 @@ def check_config(cfg: DictConfig) -> None:
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         if not check(value):
-            raise UserError(f"{key}={_show(value)} is invalid: it must be {expected}.")
+            raise UserError(f"{key}={hydra_value(value)} is invalid: it must be {expected}.")
