@@ -74,13 +74,21 @@ def test_16_bit_images_are_scaled_by_their_depth_not_clipped(tmp_path):
     assert (out[..., 0] == GREY).all() and (out[..., 2] == GREY).all()
     png_16bit_rgb(tmp_path / "deep_rgb.png", RGB.astype(np.uint16) * 257)
     assert (read_rgb(tmp_path / "deep_rgb.png") == RGB).all()
+    turned = Image.fromarray(grey16)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # upside down: the reader turns a copy, which has no format tags
+    turned.save(tmp_path / "turned.png", exif=exif.tobytes())
+    assert (read_rgb(tmp_path / "turned.png")[..., 0] == GREY[::-1, ::-1]).all()
+    signed32 = np.round(GREY.astype(np.float64) / 255 * (2**31 - 1)).astype(np.int32)
+    out = read_rgb(write(tmp_path, "deep32.tif", Image.fromarray(signed32)))  # mode I
+    assert (out[..., 1] == GREY).all()
 
 
 def test_float_image_in_unit_range_and_outside(tmp_path):
     unit = Image.fromarray(GREY.astype(np.float32) / 255, "F")
     assert (read_rgb(write(tmp_path, "f.tif", unit))[..., 2] == GREY).all()
     wild = Image.fromarray(GREY.astype(np.float32) * 10, "F")
-    with pytest.raises(UserError, match=r"wild\.tif is a float image with values outside"):
+    with pytest.raises(UserError, match=r"wild\.tif holds values 0 \.\. 2550 outside 0 \.\. 1,"):
         read_rgb(write(tmp_path, "wild.tif", wild))
 
 

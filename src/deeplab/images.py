@@ -23,6 +23,7 @@ from deeplab.errors import UserError
 from deeplab.files import read_file
 
 EXIF_ORIENTATION = 0x0112  # the tag; 5..8 are the transposing orientations
+TIFF_BITS_PER_SAMPLE, TIFF_SAMPLE_FORMAT = 258, 339  # SampleFormat 1: unsigned, 2: signed, 3: float
 BACKGROUND = (255, 255, 255)  # what transparent pixels show
 ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 PLAIN_MODES = {"RGB", "RGBX", "L", "1", "P", "CMYK", "YCbCr"}  # PIL converts these to RGB
@@ -39,7 +40,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def _decode(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         img.seek(0)  # multi-frame files: the first frame
-        return to_rgb(ImageOps.exif_transpose(img), path)
+        white = white_level(img)  # from the file's own tags, which the turned copy loses
+        return to_rgb(ImageOps.exif_transpose(img), path, white)
 
 
 def exif_turned(path: str | Path) -> bool:
@@ -48,10 +50,11 @@ def exif_turned(path: str | Path) -> bool:
         return img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
 
 
-def to_rgb(img: Image.Image, path: str | Path = "image") -> np.ndarray:
-    """An opened PIL image as (H, W, 3) uint8 RGB, following the rules in the module doc."""
+def to_rgb(img: Image.Image, path: str | Path = "image", white: float | None = None) -> np.ndarray:
+    """An opened PIL image as (H, W, 3) uint8 RGB, following the rules in the module doc;
+    `white`: the sample value shown as white in a high-depth image (default: `white_level`)."""
     if img.mode in HIGH_DEPTH_MODES:
-        grey = _to_uint8(np.asarray(img), _bit_depth(img), path)
+        grey = _to_uint8(np.asarray(img), white or white_level(img), path)
         return np.repeat(grey[..., None], 3, axis=2)
     if img.mode in ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")  # also applies palette and tRNS transparency
@@ -62,28 +65,27 @@ def to_rgb(img: Image.Image, path: str | Path = "image") -> np.ndarray:
     raise UserError(f"image {path} has PIL mode {img.mode}, which this reader does not take: {FIX}")
 
 
-def _bit_depth(img: Image.Image) -> int | None:
-    """Bits per sample of an integer image: 16 for I;16 and for PNG (which holds at most 16),
-    TIFF's BitsPerSample, else 32; None for floats."""
+def white_level(img: Image.Image) -> float:
+    """The largest sample value of the image's bit depth: 1.0 for floats; TIFF's BitsPerSample
+    and SampleFormat when the file has them (a 12-bit TIFF: 4095); 65535 for PIL's I;16 and for
+    PNG (at most 16 bits); PIL's signed 32-bit integers otherwise."""
     if img.mode == "F":
-        return None
+        return 1.0
+    tags = getattr(img, "tag_v2", None)
+    if tags and TIFF_BITS_PER_SAMPLE in tags:
+        bits = int(np.ravel(tags[TIFF_BITS_PER_SAMPLE])[0])  # one value or one per channel
+        signed = int(np.ravel(tags.get(TIFF_SAMPLE_FORMAT, 1))[0]) == 2
+        return 2.0 ** (bits - signed) - 1
     if img.mode.startswith("I;16") or img.format == "PNG":
-        return 16
-    bits = getattr(img, "tag_v2", {}).get(258)  # TIFF BitsPerSample
-    return int(bits[0] if isinstance(bits, tuple) else bits) if bits else 32
+        return 2.0**16 - 1
+    return 2.0**31 - 1
 
 
-def _to_uint8(values: np.ndarray, bits: int | None, path) -> np.ndarray:
+def _to_uint8(values: np.ndarray, white: float, path) -> np.ndarray:
     values = values.astype(np.float64)
-    if bits is None:  # float samples: 0 is black, 1 is white
-        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-            raise UserError(
-                f"image {path} is a float image with values outside [0, 1] "
-                f"({values.min():g} .. {values.max():g}), which has no standard display: {FIX}"
-            )
-        scale = 1.0
-    else:
-        if values.min() < 0:
-            raise UserError(f"image {path} holds negative pixel values: {FIX}")
-        scale = 2.0**bits - 1
-    return np.round(values / scale * 255).clip(0, 255).astype(np.uint8)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > white:
+        raise UserError(
+            f"image {path} holds values {values.min():g} .. {values.max():g} outside 0 .. "
+            f"{white:g}, the black-to-white range of its sample format: {FIX}"
+        )
+    return np.round(values / white * 255).astype(np.uint8)
