@@ -96,6 +96,10 @@ def test_required_values_left_unset_are_named():
         check_config(compose("predict"))
     with pytest.raises(UserError, match=r"^probs_dir must be set"):
         check_config(compose("crf_eval"))
+    table4 = ["experiment=table4", "table4_row=msc_coco"]
+    with pytest.raises(UserError, match=r"^coco_init \(for model.backbone.pretrained\) must be"):
+        check_config(compose("train", table4))
+    check_config(compose("train", ["experiment=table4", "table4_row=msc"]))  # does not use it
 
 
 def test_every_shipped_config_passes():

@@ -12,6 +12,7 @@ from numbers import Real
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError
 
 from deeplab.errors import UserError
 from deeplab.overrides import hydra_value
@@ -222,12 +223,24 @@ REQUIRED = {
 }
 
 
+def _unset(node, prefix: str = "") -> list[str]:
+    """Dotted keys left at `???` in an unresolved config container."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _unset(value, f"{prefix}{key}.")]
+    return [prefix[:-1]] if node == "???" else []
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise a UserError for a required value left unset, or the first value of RULES that
     `cfg` has and that is invalid."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    unset = _unset(OmegaConf.to_container(cfg, resolve=False))
+    missing = [key for key in unset if key in REQUIRED]
+    try:  # other unset values matter only where this run uses them (Table 4's `coco_init`)
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationToMissingValueError as err:
+        missing += [f"{key} (for {err.full_key})" for key in unset if key not in REQUIRED]
     if missing:
-        examples = " ".join(REQUIRED.get(key, f"{key}=...") for key in missing)
+        examples = " ".join(REQUIRED.get(key, f"{key.split()[0]}=...") for key in missing)
         raise UserError(f"{', '.join(missing)} must be set: pass {examples} on the command line.")
     for key, check, expected in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
