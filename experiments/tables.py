@@ -14,9 +14,11 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parents[1] / "src")
 )  # works without the venv's .pth
 
+from deeplab.cli import reports_user_errors  # noqa: E402
 from deeplab.tables import TABLES, make_table  # noqa: E402
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="the multirun folder (multirun/DATE/TIME)")
@@ -27,10 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         "--table", choices=sorted(TABLES), help="table to build (default: detected)"
     )
     args = parser.parse_args(argv)
-    try:
-        print(make_table(args.sweep_dir, args.out, args.table))
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(2, f"error: {error}\n")
+    print(make_table(args.sweep_dir, args.out, args.table))
 
 
 if __name__ == "__main__":

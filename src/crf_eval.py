@@ -11,15 +11,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from deeplab.cli import reports_user_errors
 from deeplab.crf.search import evaluate, load_split, score
+from deeplab.errors import UserError
 from deeplab.progress import Progress
 from deeplab.results import as_metrics, print_table, write_metrics
+from deeplab.validate import check_config
 
 
 @hydra.main(config_path="../conf", config_name="crf_eval", version_base="1.3")
+@reports_user_errors
 def main(cfg: DictConfig) -> float:
+    check_config(cfg)
     if cfg.crf is None:
-        raise ValueError("crf_eval needs a CRF: pass crf=deeplab_vgg16 or crf=deeplab_resnet101")
+        raise UserError("crf_eval needs a CRF: pass crf=deeplab_vgg16 or crf=deeplab_resnet101")
     crf = hydra.utils.instantiate(cfg.crf)
     images, probs, masks = load_split(hydra.utils.to_absolute_path(cfg.probs_dir), cfg.limit)
     with Progress(f"CRF ({crf.backend})", len(images), "images") as bar:

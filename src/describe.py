@@ -16,8 +16,10 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from deeplab.cli import reports_user_errors
 from deeplab.models import count_parameters
 from deeplab.receptive_field import paper_fov
+from deeplab.validate import check_config
 
 COLUMNS = ("model", "backbone", "kernel", "rate", "FOV", "params", "logits", "GFLOPs")
 
@@ -47,7 +49,9 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="describe")
+@reports_user_errors
 def main(cfg: DictConfig) -> None:
+    check_config(cfg)
     with open_dict(cfg):
         cfg.model.backbone.pretrained = None  # weights do not change the description
     with torch.device("meta"):

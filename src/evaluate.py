@@ -9,10 +9,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from deeplab.cli import reports_user_errors
 from deeplab.pipeline import evaluate
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@reports_user_errors
 def main(cfg: DictConfig) -> float:
     return evaluate(cfg, HydraConfig.get().runtime.output_dir)["val/mIoU"]
 

@@ -8,10 +8,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from deeplab.cli import reports_user_errors
 from deeplab.pipeline import train
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+@reports_user_errors
 def main(cfg: DictConfig) -> float:
     metrics = train(cfg, HydraConfig.get().runtime.output_dir)
     return metrics["val/mIoU"]  # the objective for Hydra sweepers

@@ -145,7 +145,7 @@ def test_corrupt_image(tiny):
     (tiny / "JPEGImages/val_0002.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     dm = tiny_dm(tiny)
     dm.setup("validate")
-    with pytest.raises(ValueError, match=r"val_0002\.jpg cannot be decoded"):
+    with pytest.raises(ValueError, match=r"val_0002\.jpg cannot be read"):
         dm.val_set[2]
 
 

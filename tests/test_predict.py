@@ -112,6 +112,6 @@ def test_predict_py_exits_non_zero_listing_skipped_images(tmp_path, mixed_folder
     cmd = [sys.executable, str(REPO / "src" / "predict.py"), *MODEL, f"ckpt_path={ckpt}",
            f"input={images}", f"output_dir={out}", f"hydra.run.dir={tmp_path}"]  # fmt: skip
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "1 of 4 images could not be read" in done.stderr and "broken.jpg" in done.stderr
     assert len(list((out / "masks").iterdir())) == 3

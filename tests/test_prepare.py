@@ -32,6 +32,7 @@ from deeplab.data.prepare.datasets import (
 )
 from deeplab.data.prepare.fetch import Archive, download, md5sum
 from deeplab.data.reader import read_ids, read_mask, write_mask
+from deeplab.errors import UserError
 
 H, W = 12, 16
 
@@ -172,7 +173,7 @@ def test_bad_checksum_names_the_file(tmp_path, voc_archives):
 
 
 def test_unreachable_url_says_what_to_do(tmp_path, server):
-    with pytest.raises(RuntimeError, match="cannot download .*missing.tar"):
+    with pytest.raises(UserError, match="cannot download .*missing.tar"):
         download(Archive(f"{server[1]}/missing.tar", None), tmp_path / "dl")
 
 
@@ -209,7 +210,7 @@ def test_an_interrupted_download_resumes_to_the_right_md5(tmp_path, ranges):
     handler = type("Handler", (FlakyHandler,), {"ranges": ranges, "cut": 120_000, "seen": []})
     with serving(www, handler) as url:
         archive = Archive(f"{url}/big.tar", md5sum(www / "big.tar"))
-        with pytest.raises(RuntimeError, match="closed after 120,000 of 300,000 bytes.*resumes"):
+        with pytest.raises(UserError, match="closed after 120,000 of 300,000 bytes.*resumes"):
             download(archive, tmp_path / "dl")
         assert (tmp_path / "dl" / "big.tar.part").stat().st_size == 120_000  # kept for the resume
         path = download(archive, tmp_path / "dl")
@@ -369,7 +370,7 @@ def test_cityscapes_label_ids_to_train_ids(tmp_path):
     zip_file(root / "gtFine_trainvaltest.zip", gt)
     with pytest.raises(SystemExit) as exit_info:
         main(["cityscapes", "--root", str(root)])
-    assert exit_info.value.code == 1  # leftImg8bit zip missing: instructions, not a traceback
+    assert exit_info.value.code == 2  # leftImg8bit zip missing: instructions, not a traceback
     zip_file(root / "leftImg8bit_trainvaltest.zip", img)
     prepare_cityscapes(root)
     dm = CityscapesDataModule(str(root / "cityscapes"), num_workers=0, crop_size=8)

@@ -1,6 +1,6 @@
 """Loading weights safely: a checkpoint from another class count or architecture fails clearly."""
 
-import json
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from deeplab.conventions import converted_checkpoint, is_converted
+from deeplab.errors import UserError
+from deeplab.files import read_file
+from deeplab.overrides import differences, fix_overrides, hydra_value
 
 
 def describe(
@@ -28,40 +31,53 @@ def describe(
     return meta
 
 
-def _hydra_value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+def _quoted(overrides: list[str]) -> str:
+    return " ".join(f'"{o}"' for o in overrides)
 
 
-def model_overrides(saved: dict, current: dict, prefix: str = "model") -> list[str]:
-    """Command-line overrides that turn the `current` model config into the `saved` one.
-
-    Weight-file paths (`pretrained`) are left out: they only initialise training.
-    """
-    out = []
-    for key in sorted(saved):
-        if key == "pretrained" or key not in current:
-            continue
-        a, b = saved[key], current[key]
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += model_overrides(a, b, f"{prefix}.{key}")
-        elif a != b:
-            out.append(f"{prefix}.{key}={_hydra_value(a)}")
-    return out
+def check_model_config(meta: dict | None, model: dict | None, source, training: bool) -> None:
+    """Raise UserError if this run's `model` config differs from the one the checkpoint was
+    trained with in a field that changes results (other atrous rates load into the same weight
+    shapes and silently score worse). Older checkpoints without a recorded config pass."""
+    saved = (meta or {}).get("model")
+    if saved is None or model is None:
+        return
+    diffs = differences(saved, model, training)
+    if not diffs:
+        return
+    listed = "; ".join(
+        f"{key} {hydra_value(a)} (this run: {hydra_value(b)})" for key, a, b in diffs[:6]
+    )
+    raise UserError(
+        f"checkpoint {source} was trained with another model config: {listed}. Rebuild the "
+        f"network it was trained as: pass {_quoted(fix_overrides(saved, model))}."
+    )
 
 
 def check_normalization(meta: dict | None, mean, std, source) -> None:
-    """Raise ValueError if this run normalizes inputs differently from the training run: the
+    """Raise UserError if this run normalizes inputs differently from the training run: the
     network would still load and run, and silently score worse."""
     saved = (meta or {}).get("normalization")
     if saved is None:
         return
     if np.allclose(saved["mean"], mean) and np.allclose(saved["std"], std):
         return
-    raise ValueError(
+    fix = [f"data.mean={hydra_value(saved['mean'])}", f"data.std={hydra_value(saved['std'])}"]
+    raise UserError(
         f"checkpoint {source} was trained on inputs normalized with mean {saved['mean']} and std "
         f"{saved['std']}, but this run uses mean {list(mean)} and std {list(std)}: pass "
-        f'"data.mean={_hydra_value(saved["mean"])}" "data.std={_hydra_value(saved["std"])}".'
+        f"{_quoted(fix)}."
     )
+
+
+def check_classes(meta: dict | None, num_classes: int, source) -> None:
+    """Raise UserError if the checkpoint was trained for another class count."""
+    if meta and meta.get("num_classes") != num_classes:
+        raise UserError(
+            f"checkpoint {source} was trained for {meta['num_classes']} classes, but this run has "
+            f"{num_classes} (data.num_classes): pick the data set it was trained on, or start from "
+            "ImageNet weights (model.backbone.pretrained) instead of this checkpoint."
+        )
 
 
 def check_compatible(
@@ -72,18 +88,13 @@ def check_compatible(
     source,
     model: dict | None = None,
 ) -> None:
-    """Raise ValueError naming the checkpoint and the fix if `state_dict` does not fit `net`.
+    """Raise UserError naming the checkpoint and the fix if `state_dict` does not fit `net`.
 
     `state_dict` holds the network's own keys (no `net.` prefix); `meta` is `describe()` of
     the saving run; `model` is this run's resolved model config, compared with the saved one to
     print the overrides that rebuild the trained network.
     """
-    if meta and meta.get("num_classes") != num_classes:
-        raise ValueError(
-            f"checkpoint {source} was trained for {meta['num_classes']} classes, but this run has "
-            f"{num_classes} (data.num_classes): pick the data set it was trained on, or start from "
-            "ImageNet weights (model.backbone.pretrained) instead of this checkpoint."
-        )
+    check_classes(meta, num_classes, source)
     own = net.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
@@ -98,10 +109,10 @@ def check_compatible(
         details += [f"unexpected {unexpected[:3]}"] if unexpected else []
         details += shapes[:3]
         fix = "Use the same model / backbone / model.width_mult settings it was trained with"
-        hints = model_overrides(meta["model"], model) if meta and "model" in meta and model else []
+        hints = fix_overrides(meta["model"], model) if meta and "model" in meta and model else []
         if hints:
-            fix += ": " + " ".join(f'"{h}"' for h in hints)
-        raise ValueError(
+            fix += ": " + _quoted(hints)
+        raise UserError(
             f"checkpoint {source}{trained} does not fit the configured {type(net).__name__}: "
             + "; ".join(details)
             + f". {fix}."
@@ -115,16 +126,52 @@ def network_state(checkpoint: dict, prefix: str = "net.") -> dict:
 
 
 def checked_state(
-    checkpoint: dict, net: nn.Module, num_classes: int, mean, std, model: dict | None, source
+    checkpoint: dict,
+    net: nn.Module,
+    num_classes: int,
+    mean,
+    std,
+    model: dict | None,
+    source,
+    training: bool = False,
 ) -> dict:
     """The network's weights from a loaded checkpoint, once they fit `net` and this run (class
-    count, input normalization); evaluation, prediction and resume all load through here."""
+    count, model config, input normalization); evaluation, prediction and resume (`training`:
+    training-only fields such as dropout must match too) all load through here."""
+    if not isinstance(checkpoint, dict):
+        raise UserError(
+            f"{source} holds a {type(checkpoint).__name__}, not a checkpoint: set ckpt_path to a "
+            ".ckpt written by train.py"
+        )
     state, meta = network_state(checkpoint), checkpoint.get("deeplab")
     if is_converted(checkpoint):  # python -m deeplab.convert output (README, Released models)
         state, meta = converted_checkpoint(checkpoint, source)
+    check_classes(meta, num_classes, source)
+    check_model_config(meta, model, source, training)
     check_compatible(state, net, meta, num_classes, source, model)
     check_normalization(meta, mean, std, source)
     return state
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """A checkpoint file's contents, or a UserError naming the file (missing, truncated, not a
+    checkpoint) and `key`, the setting that points at it."""
+    return read_file(
+        lambda p: torch.load(p, map_location="cpu", weights_only=False),
+        path,
+        "checkpoint",
+        _fix(key),
+    )
+
+
+def check_readable(path: str | Path, key: str = "ckpt_path") -> None:
+    """Raise UserError unless `path` is a whole checkpoint archive (torch writes zip files; a
+    truncated copy has lost its central directory), without loading its tensors."""
+    read_file(lambda p: zipfile.ZipFile(p).close(), path, "checkpoint", _fix(key))
+
+
+def _fix(key: str) -> str:
+    return f"set {key} to a .ckpt file written by train.py (checkpoints/last.ckpt or best-*.ckpt)"
 
 
 def load_network(
@@ -136,10 +183,7 @@ def load_network(
     model: dict | None = None,
 ) -> nn.Module:
     """Load a training checkpoint's weights into `net` after `checked_state`'s checks."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: set ckpt_path to a .ckpt file")
     # Our own Lightning checkpoints hold optimizer and loop state besides tensors.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     net.load_state_dict(checked_state(checkpoint, net, num_classes, mean, std, model, path))
     return net

@@ -84,7 +84,7 @@ class SlidingWindow(nn.Module):
     def __init__(self, net: nn.Module, num_classes: int, tile: int = 513, overlap: float = 1 / 3):
         super().__init__()
         if not 0 <= overlap < 1:
-            raise ValueError(f"sliding-window overlap must be in [0, 1), got {overlap}")
+            raise UserError(f"sliding-window overlap must be in [0, 1), got {overlap}")
         self.net, self.num_classes, self.tile = net, num_classes, tile
         self.stride = max(1, int(tile * (1 - overlap)))
 

@@ -183,7 +183,14 @@ class SegmentationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         source = self._trainer.ckpt_path if self._trainer is not None else "the checkpoint"
         ckpt.checked_state(
-            checkpoint, self.net, self.num_classes, self.mean, self.std, self.model_config, source
+            checkpoint,
+            self.net,
+            self.num_classes,
+            self.mean,
+            self.std,
+            self.model_config,
+            source,
+            training=True,
         )
 
 

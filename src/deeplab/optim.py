@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deeplab.errors import UserError
+
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -89,7 +91,7 @@ def build_optimizer(
     if name == "adamw":
         groups = param_groups(net, lr, weight_decay, classifier_lr_mult)
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
-    raise ValueError(f"optim.name={name!r} is unknown; use one of {OPTIMIZERS}")
+    raise UserError(f"optim.name={name!r} is unknown; use one of {OPTIMIZERS}")
 
 
 @dataclass
@@ -120,7 +122,7 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR over all groups; `schedule` is a factory such as `partial(Poly, power=0.9)`."""
     if max_steps is None or max_steps <= 0:
-        raise ValueError(
+        raise UserError(
             f"trainer.max_steps is {max_steps}: the iteration-based LR schedules need it set, "
             "e.g. trainer.max_steps=20000 (SPEC §2)."
         )

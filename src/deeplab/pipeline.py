@@ -12,19 +12,20 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab import conventions, speed, visuals
 from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
-from deeplab.checkpoint import load_network
+from deeplab.checkpoint import check_readable, load_network
 from deeplab.data.transforms import normalize
-from deeplab.errors import UserError
+from deeplab.errors import MissingFileError, UserError
+from deeplab.images import read_rgb
 from deeplab.inference import probabilities, wrap
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
 from deeplab.progress import track
 from deeplab.results import as_metrics, print_table, write_metrics
+from deeplab.validate import check_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -68,6 +69,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
 
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
+    check_config(cfg)
+    if cfg.get("ckpt_path"):  # Lightning reads it, late and in torch's words: name it first
+        check_readable(cfg.ckpt_path)
     run_dir = Path(run_dir)
     conventions.check_run(cfg)  # before anything is built: the weights' input convention
     pl.seed_everything(cfg.seed, workers=True)
@@ -165,6 +169,7 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
 
 def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
+    check_config(cfg)
     run_dir = Path(run_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = trained_network(cfg, datamodule)
@@ -186,7 +191,7 @@ def image_files(path: str | Path) -> list[Path]:
         return [path]
     files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
         )
     return files
@@ -202,15 +207,6 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     if clashes:
         raise UserError(f"{', '.join(clashes)} would all be written as the same mask: rename one")
     return names
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """An image as a writable RGB uint8 array (the CRF needs one); UserError naming the file."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise UserError(f"{path} is not a readable image ({err}): replace or remove it") from err
 
 
 class SkippedImages(UserError):
@@ -229,6 +225,7 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
     `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
     are still done; then SkippedImages lists them. Returns the masks written."""
+    check_config(cfg)
     out = Path(cfg.get("output_dir") or run_dir)
     files = image_files(cfg.input)
     names = output_names(files)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
 from deeplab.models.atrous import set_atrous_mode
 
 DEFAULTS = {"atrous_mode": "auto", "channels_last": False, "compile": False}
@@ -26,7 +27,7 @@ def apply(model: nn.Module, cfg: Mapping | None = None) -> nn.Module:
     opts = {**DEFAULTS, **dict(cfg or {})}
     unknown = set(opts) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"speed has unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
+        raise UserError(f"speed has unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULTS)}")
     set_atrous_mode(model, opts["atrous_mode"])
     if opts["channels_last"]:
         model.to(memory_format=torch.channels_last)

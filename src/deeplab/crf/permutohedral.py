@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deeplab.errors import UserError
+
 # densecrf's SSE path elevates 4 points at a time and pads the last block with zero features;
 # those padding points still create lattice vertices, which the blur then passes mass through.
 SSE_BLOCK = 4
@@ -136,7 +138,7 @@ class Lattice:
             strides.insert(0, stride)
             stride *= int(radix[k])
         if stride * len(features) >= 2**62:
-            raise ValueError(
+            raise UserError(
                 "CRF lattice keys overflow int64: a kernel's std (crf.*_std) is too small for "
                 "this image size; use larger pos_xy_std / bi_xy_std / bi_rgb_std."
             )

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplab.errors import MissingFileError, UserError
+from deeplab.files import read_file
+
 
 def save_probabilities(path, image, probs, mask) -> Path:
     """Write one image's RGB, softmax (stored as float16) and truth to `path` (.npz added)."""
@@ -25,11 +28,22 @@ def save_probabilities(path, image, probs, mask) -> Path:
 
 
 def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> image uint8 (H, W, 3), probs float32 (C, H, W), mask int64 (H, W)."""
-    with np.load(path) as data:
+    """-> image uint8 (H, W, 3), probs float32 (C, H, W), mask int64 (H, W); a file that is
+    not such an .npz raises UserError naming it."""
+    return read_file(
+        _read,
+        path,
+        "probabilities file",
+        "delete it and save the probabilities again with `python src/evaluate.py ... "
+        "save_probs=<dir>`",
+    )
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path) as data:  # members decompress on access: read them inside read_file
         missing = {"image", "probs", "mask"} - set(data.files)
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{path}: missing keys {sorted(missing)}; write it with save_probabilities"
             )
         image, probs, mask = data["image"], data["probs"], data["mask"]
@@ -41,13 +55,13 @@ def probability_files(folder, limit: int | None = None) -> list[Path]:
     """The sorted .npz files of a folder (the first `limit` of them)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"probs_dir {folder} does not exist; save probabilities first with "
             "`python src/evaluate.py ... save_probs=<dir>`"
         )
     files = sorted(folder.glob("*.npz"))
     if not files:
-        raise FileNotFoundError(f"probs_dir {folder} holds no .npz files")
+        raise MissingFileError(f"probs_dir {folder} holds no .npz files")
     return files[:limit] if limit else files
 
 
@@ -59,13 +73,13 @@ def _numpy(x) -> np.ndarray:
 
 def _check(image, probs, mask, where: str) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{where}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        raise UserError(f"{where}: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if probs.ndim != 3 or probs.dtype.kind != "f" or probs.shape[1:] != image.shape[:2]:
-        raise ValueError(
+        raise UserError(
             f"{where}: probs must be float (C, H, W) matching the image {image.shape[:2]}, "
             f"got {probs.dtype} {probs.shape}"
         )
     if mask.shape != image.shape[:2] or mask.dtype.kind not in "ui":
-        raise ValueError(
+        raise UserError(
             f"{where}: mask must be integer (H, W) like the image, got {mask.dtype} {mask.shape}"
         )

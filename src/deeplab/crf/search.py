@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from deeplab.atomic import written_atomically
+from deeplab.cli import reports_user_errors
 from deeplab.crf.dense_crf import DenseCRF
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
@@ -210,6 +211,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@reports_user_errors
 def main(argv=None) -> dict:
     args = parse_args(argv)
     backend = args.backend or ("torch" if torch.cuda.is_available() else "pydensecrf")

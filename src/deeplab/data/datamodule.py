@@ -12,6 +12,7 @@ from deeplab.data import classes
 from deeplab.data.reader import SegmentationDataset, read_ids
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD, pad_collate, train_transform
+from deeplab.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         super().__init__()
         num_classes = len(self.class_names) if num_classes is None else num_classes
         if num_classes != len(self.class_names):
-            raise ValueError(
+            raise UserError(
                 f"data.num_classes={num_classes} but {type(self).__name__} has "
                 f"{len(self.class_names)} classes: leave data.num_classes at its default"
             )
@@ -102,7 +103,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def check_root(self) -> None:
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"data.root={self.root} does not exist. Create it with `{self.prepare_hint}` "
                 f"(or point data.root / DEEPLAB_DATA_DIR at an existing copy)"
             )
@@ -145,7 +146,7 @@ class VOCDataModule(SegmentationDataModule):
         list_file, image, mask = super().templates(stage)
         if stage == "train" and self.aug:
             if not Path(list_file).is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"data.aug=true needs {list_file} and VOC2012/SegmentationClassAug/: build "
                     "them from SBD with `python -m deeplab.data.prepare sbd --root data/`"
                 )

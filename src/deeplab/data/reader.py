@@ -10,47 +10,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from deeplab.data.classes import IGNORE_INDEX, voc_palette
 from deeplab.data.transforms import normalize
+from deeplab.errors import MissingFileError, UserError
+from deeplab.files import read_file
+from deeplab.images import exif_turned, read_rgb
 
 
 def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
     """Ids of a split list (one per line; VOC's extra columns are dropped), first `limit` only."""
-    if not list_file.is_file():
-        raise FileNotFoundError(f"split list {list_file} is missing: run the prepare command")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    text = read_file(Path.read_text, list_file, "split list", "run the prepare command again")
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
     if not ids:
-        raise ValueError(f"split list {list_file} is empty: re-run the prepare command")
+        raise UserError(f"split list {list_file} is empty: re-run the prepare command")
     return ids[:limit] if limit is not None else ids
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); a corrupt or truncated file raises naming the file."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(
-            f"image {path} cannot be decoded ({err}); it is corrupt or truncated: "
-            "re-extract the data set (python -m deeplab.data.prepare ...)"
-        ) from err
-
-
 def read_mask(path: Path) -> np.ndarray:
-    """Class indices (H, W) uint8 from a palette (P) or grey (L) PNG."""
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise ValueError(
-                    f"mask {path} has PIL mode {img.mode}; masks must be palette (P) or grey (L) "
-                    "PNGs holding class indices, not colours: convert it with the prepare command"
-                )
-            return np.array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"mask {path} cannot be decoded ({err}): re-extract the data set") from err
+    """Class indices (H, W) uint8 from a palette (P) or grey (L) PNG: the palette's indices,
+    never its colours; any other mode (RGB colours, 16-bit, alpha) is refused naming the file."""
+    return read_file(_decode_mask, path, "mask", "re-extract the data set (prepare command)")
+
+
+def _decode_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        if img.mode not in ("P", "L"):
+            raise UserError(
+                f"mask {path} has PIL mode {img.mode}; masks must be 8-bit palette (P) or grey "
+                "(L) PNGs holding class indices, not colours: convert it with the prepare command"
+            )
+        return np.array(img)
 
 
 def check_mask(mask: np.ndarray, path: Path, num_classes: int) -> None:
@@ -58,7 +50,7 @@ def check_mask(mask: np.ndarray, path: Path, num_classes: int) -> None:
     values = np.unique(mask)
     bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
-        raise ValueError(
+        raise UserError(
             f"mask {path} holds values {bad.tolist()} outside the classes 0..{num_classes - 1} "
             f"and {IGNORE_INDEX} (ignore): fix or regenerate this mask, or check data.num_classes"
         )
@@ -88,7 +80,7 @@ class SegmentationDataset(Dataset):
         for name in ids:
             for path in (self.image_path(name), self.mask_path(name)):
                 if not path.is_file():
-                    raise FileNotFoundError(
+                    raise MissingFileError(
                         f"{path} is missing for id {name!r} of the split list: re-run the "
                         "prepare command, or remove the id from the list"
                     )
@@ -105,12 +97,19 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw uint8 RGB image and checked mask of one sample, at original size."""
         name = self.ids[index]
-        image = read_image(self.image_path(name))
+        image = read_rgb(self.image_path(name))
         mask = read_mask(self.mask_path(name))
         if image.shape[:2] != mask.shape:
-            raise ValueError(
+            turned = image.shape[1::-1] == mask.shape and exif_turned(self.image_path(name))
+            raise UserError(
                 f"image {self.image_path(name)} is {image.shape[1]}x{image.shape[0]} but mask "
                 f"{self.mask_path(name)} is {mask.shape[1]}x{mask.shape[0]}: they must match"
+                + (
+                    " (the image carries an EXIF rotation, applied as a viewer does; the mask "
+                    "follows the unrotated pixels: rotate the image's pixels and drop the tag)"
+                    if turned
+                    else ""
+                )
             )
         check_mask(mask, self.mask_path(name), self.num_classes)
         return image, mask

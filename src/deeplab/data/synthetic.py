@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from deeplab.data.classes import IGNORE_INDEX, SYNTHETIC_CLASSES
 from deeplab.data.reader import write_mask
+from deeplab.errors import UserError
 
 SPLIT_CODES = {"train": 0, "val": 1}
 
@@ -90,6 +91,14 @@ def write_split(root: Path, split: str, count: int, seed: int, size: int, max_ob
     (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
 
 
+def _built_with(meta: Path) -> dict | None:
+    """The parameters a synthetic set was built with (None: not recorded or unreadable)."""
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_synthetic(
     root: str | Path,
     seed: int = 0,
@@ -114,8 +123,8 @@ def build_synthetic(
     )
     meta = root / "synthetic.json"
     if root.exists():
-        if not meta.is_file() or json.loads(meta.read_text()) != params:
-            raise ValueError(
+        if _built_with(meta) != params:
+            raise UserError(
                 f"{root} exists but was not built with these synthetic parameters {params}: "
                 "delete the folder to rebuild it, or set data.root to another folder"
             )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from deeplab.data.classes import IGNORE_INDEX
+from deeplab.errors import UserError
 
 # The Caffe models' BGR mean (104.008, 116.669, 122.675) in RGB order; no std scaling.
 CAFFE_MEAN_RGB = (122.675, 116.669, 104.008)
@@ -45,7 +46,7 @@ def random_scale(mode: str, scale_range: Sequence[float], scales: Sequence[float
     if mode == "discrete":
         fixed = [A.RandomScale(scale_limit=(s - 1.0, s - 1.0), p=1.0) for s in scales]
         return [A.OneOf(fixed, p=1.0)]
-    raise ValueError(f"data.random_scale={mode!r}: use one of uniform, discrete, none")
+    raise UserError(f"data.random_scale={mode!r}: use one of uniform, discrete, none")
 
 
 def train_transform(

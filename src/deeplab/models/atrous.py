@@ -11,6 +11,8 @@ and `set_atrous_mode` switches all of a model's layers at once.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
+
 ATROUS_MODES = ("auto", "dilation", "space_to_batch")
 
 
@@ -30,7 +32,7 @@ def space_to_batch_conv2d(
     h_pad, w_pad = h + before + after, w + before + after
     out_h, out_w = h_pad - rate * (k_h - 1), w_pad - rate * (k_w - 1)
     if out_h < 1 or out_w < 1:
-        raise ValueError(
+        raise UserError(
             f"AtrousConv2d: a {h}x{w} input is smaller than the {k_h}x{k_w} kernel at rate {rate} "
             "spans with this padding; feed a larger image"
         )
@@ -119,7 +121,7 @@ class AtrousConv2d(nn.Conv2d):
 
 def check_mode(mode: str) -> str:
     if mode not in ATROUS_MODES:
-        raise ValueError(f"speed.atrous_mode={mode!r} is unknown; use one of {ATROUS_MODES}")
+        raise UserError(f"speed.atrous_mode={mode!r} is unknown; use one of {ATROUS_MODES}")
     return mode
 
 

@@ -4,6 +4,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
 from deeplab.models.heads import DeepLabHead, ResNetBranch, VGGBranch
 from deeplab.models.msc import MSC
 from deeplab.models.pretrained import load_pretrained
@@ -56,7 +57,7 @@ def build_backbone(
         return VGGFeatures(width_mult, batch_norm=name == "vgg16_bn"), "pool5"
     if name == "resnet101":
         return resnet101(width_mult, 8, stride_in_1x1, freeze_bn), "res5"
-    raise ValueError(f"model.backbone.name={name!r} is unknown; use one of {BACKBONES}")
+    raise UserError(f"model.backbone.name={name!r} is unknown; use one of {BACKBONES}")
 
 
 def build_deeplab(
@@ -84,12 +85,12 @@ def build_deeplab(
     name, pretrained = opts.pop("name", None), opts.pop("pretrained", None)
     allowed = {"resnet101": {"stride_in_1x1", "freeze_bn"}}.get(name, set())
     if set(opts) - allowed:
-        raise ValueError(
+        raise UserError(
             f"model.backbone has unknown keys {sorted(set(opts) - allowed)} for {name!r}; "
             f"allowed: name, pretrained, {', '.join(sorted(allowed)) or '(nothing else)'}"
         )
     if not rates:
-        raise ValueError("model.rates is empty: give at least one atrous rate")
+        raise UserError("model.rates is empty: give at least one atrous rate")
     net, feature = build_backbone(name, width_mult, **opts)
     if isinstance(net, VGGFeatures):
         width = scale_width(head_width, width_mult)

@@ -11,10 +11,10 @@ the input to a multiple of 32, which changes what the pretrained fc6 sees near t
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from deeplab.checkpoint import network_state
+from deeplab.checkpoint import network_state, read_checkpoint
+from deeplab.errors import UserError
 from deeplab.models.heads import VGGBranch
 from deeplab.models.msc import MSC
 from deeplab.models.options import fixed_backbone_options
@@ -102,9 +102,9 @@ class FCN(nn.Module):
     ):
         super().__init__()
         if stage not in SKIPS:
-            raise ValueError(f"model.stage={stage} is unknown; use 32, 16 or 8 (FCN-32s/16s/8s)")
+            raise UserError(f"model.stage={stage} is unknown; use 32, 16 or 8 (FCN-32s/16s/8s)")
         if learn_upsampling not in LEARN_UPSAMPLING:
-            raise ValueError(
+            raise UserError(
                 f"model.learn_upsampling={learn_upsampling!r} is unknown; use one of "
                 f"{LEARN_UPSAMPLING}"
             )
@@ -150,19 +150,13 @@ def load_previous_stage(net: FCN, path: str | Path) -> None:
     VGG-16, fc6, fc7 and score_fr must all be there; the skip layers this stage adds keep their
     zero / bilinear init (FCN-P). The previous stage's final upsampler is dropped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model.init_from={path}: no such file; point it at the previous stage's "
-            "checkpoints/last.ckpt (train it with model.stage=32, then 16)"
-        )
-    state = network_state(torch.load(path, map_location="cpu", weights_only=False))
+    state = network_state(read_checkpoint(path, key="model.init_from"))
     own = net.state_dict()
     missing = [k for k in own if k.startswith(("backbone.", "head.")) and k not in state]
     unexpected = [k for k in state if k not in own and not k.startswith("upscore.")]
     shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        raise ValueError(
+        raise UserError(
             f"model.init_from={path} is not an earlier stage of this FCN (same "
             f"model.width_mult and classes): missing {missing[:3]}, unexpected {unexpected[:3]}, "
             f"wrong shapes {shapes[:3]}"

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
+
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     # Caffe's Interp layer, which the paper's prototxt uses, aligns corners.
@@ -38,7 +40,7 @@ class MSC(nn.Module):
         super().__init__()
         scales = tuple(float(s) for s in scales)
         if 1.0 not in scales or min(scales) <= 0:
-            raise ValueError(f"model.msc_scales must be positive and include 1.0 (got {scales})")
+            raise UserError(f"model.msc_scales must be positive and include 1.0 (got {scales})")
         self.net = net
         self.scales = scales
 

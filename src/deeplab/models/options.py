@@ -2,6 +2,8 @@
 
 from collections.abc import Iterable, Mapping
 
+from deeplab.errors import UserError
+
 
 def fixed_backbone_options(
     backbone: Mapping, expected: str, model: str, allowed: Iterable[str] = ()
@@ -14,13 +16,13 @@ def fixed_backbone_options(
     opts = dict(backbone)
     name, pretrained = opts.pop("name", None), opts.pop("pretrained", None)
     if name != expected:
-        raise ValueError(
+        raise UserError(
             f"model={model} is built on {expected}, but model.backbone.name={name!r}: drop the "
             f"backbone= override or set backbone={expected}"
         )
     unknown = sorted(set(opts) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"model.backbone has unknown keys {unknown} for model={model}; allowed: name, "
             f"pretrained, {', '.join(sorted(allowed)) or '(nothing else)'}"
         )

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from deeplab.conventions import is_converted, of_converted
-from deeplab.errors import MissingFileError, UserError
+from deeplab.errors import UserError
+from deeplab.files import read_file
 from deeplab.models.heads import VGGBranch
 from deeplab.models.resnet import ResNet
 from deeplab.models.vgg import VGGFeatures
@@ -35,16 +36,17 @@ def read_weights(path: str | Path) -> dict:
     A `.caffemodel` is converted in memory (a few seconds for the released files).
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError(
-            f"model.backbone.pretrained={path}: no such file. Download the torchvision weights "
-            "(README, section 'Models') or set model.backbone.pretrained=null"
-        )
-    if path.suffix == ".caffemodel":
+    if path.suffix == ".caffemodel" and path.is_file():
         from deeplab.convert.convert import convert  # the converter builds models: import late
 
         return convert(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_file(
+        lambda p: torch.load(p, map_location="cpu", weights_only=True),
+        path,
+        "model.backbone.pretrained weights file",
+        "download the weights (README, sections 'Models' and 'Released models') or set "
+        "model.backbone.pretrained=null",
+    )
     if is_converted(state):
         return state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -164,7 +166,7 @@ def apply_plan(
         if keys
     ]
     if problems:
-        raise ValueError(
+        raise UserError(
             f"cannot initialise from {source} (is it the right torchvision file, and "
             "model.width_mult=1.0?):\n  " + "\n  ".join(problems)
         )

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
 from deeplab.models.heads import _init_classifier
 from deeplab.models.msc import MSC
 from deeplab.models.options import fixed_backbone_options
@@ -133,7 +134,7 @@ class RefineNet(nn.Module):
     ):
         super().__init__()
         if len(widths) != len(LEVELS):
-            raise ValueError(f"model.widths needs 4 values (RefineNet-4..1), got {list(widths)}")
+            raise UserError(f"model.widths needs 4 values (RefineNet-4..1), got {list(widths)}")
         self.backbone = backbone
         self.backbone_lr_mult = backbone_lr_mult  # read by deeplab.optim
         self.blocks = nn.ModuleDict()

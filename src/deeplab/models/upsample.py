@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.errors import UserError
+
 UPSAMPLING = ("transposed", "resize_conv")
 
 
@@ -65,4 +67,4 @@ def make_upsampler(kind: str, channels: int, factor: int, learn: bool) -> nn.Mod
         return BilinearTransposed(channels, factor, learn)
     if kind == "resize_conv":
         return ResizeConv(channels, factor)
-    raise ValueError(f"model.upsampling={kind!r} is unknown; use one of {UPSAMPLING}")
+    raise UserError(f"model.upsampling={kind!r} is unknown; use one of {UPSAMPLING}")

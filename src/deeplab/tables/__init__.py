@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from deeplab.errors import UserError
 from deeplab.tables.build import build_rows
 from deeplab.tables.paper import TABLES
 from deeplab.tables.render import markdown, write_csv, write_png
@@ -16,7 +17,7 @@ def make_table(sweep_dir: Path, out_dir: Path | None = None, table: str | None =
     jobs = load_jobs(sweep_dir)
     name = table or table_name(jobs)
     if name not in TABLES:
-        raise ValueError(
+        raise UserError(
             f"no paper table named {name!r} (known: {sorted(TABLES)}): add its TableSpec to "
             "TABLES in src/deeplab/tables/paper.py"
         )

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
+from deeplab.errors import UserError
 from deeplab.tables.runs import Job
 from deeplab.tables.spec import Row, TableSpec
 
@@ -79,7 +80,7 @@ def build_rows(spec: TableSpec, jobs: list[Job]) -> list[RowResult]:
     known = {row.choice for row in spec.rows}
     strays = sorted({job.choices.get(spec.row_group, "?") for job in jobs} - known)
     if strays:
-        raise ValueError(
+        raise UserError(
             f"jobs with {spec.row_group}={strays} are not rows of {spec.name} "
             f"(rows: {sorted(known)}): is this the right sweep folder?"
         )

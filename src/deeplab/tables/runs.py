@@ -6,6 +6,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from deeplab.errors import MissingFileError, UserError
+from deeplab.files import read_file
+
 
 @dataclass
 class Job:
@@ -44,14 +47,16 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     """Every job folder directly under `sweep_dir` (Hydra's `<sweep dir>/<job num>/` layout)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir} is not a folder: pass a Hydra multirun folder")
+        raise MissingFileError(f"{sweep_dir} is not a folder: pass a Hydra multirun folder")
     jobs = []
     for config_file in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
         job_dir = config_file.parent.parent
-        config = OmegaConf.load(config_file)
+        config = read_file(
+            OmegaConf.load, config_file, "job config", "delete the job folder or run the job again"
+        )
         jobs.append(Job(job_dir, config, _choices(config_file.parent), _metrics(job_dir)))
     if not jobs:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no Hydra job folders (*/.hydra/config.yaml) under {sweep_dir}: pass the folder that "
             "`python src/train.py -m ...` printed as its sweep output dir (multirun/DATE/TIME)"
         )
@@ -67,13 +72,13 @@ def table_name(jobs: list[Job]) -> str:
     """The `table:` key the experiment config put into every job of the sweep."""
     names = {OmegaConf.select(job.config, "table") for job in jobs}
     if names == {None}:
-        raise ValueError(
+        raise UserError(
             f"the jobs under {jobs[0].path.parent} have no `table` key in .hydra/config.yaml: "
             "run the sweep with experiment=table1..table4, or pass --table NAME"
         )
     if len(names) > 1:
         found = sorted(map(str, names))
-        raise ValueError(
+        raise UserError(
             f"the jobs under {jobs[0].path.parent} come from different tables {found}: "
             "pass one sweep's folder, or --table NAME"
         )

@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from deeplab.cli import reports_user_errors
 from deeplab.data.prepare.datasets import (
     prepare_cityscapes,
     prepare_context,
@@ -20,15 +21,13 @@ STEPS = {
 }
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deeplab.data.prepare", description=__doc__)
     parser.add_argument("dataset", choices=sorted(STEPS))
     parser.add_argument("--root", type=Path, default=Path("data"), help="the data_dir folder")
     args = parser.parse_args(argv)
-    try:
-        STEPS[args.dataset](args.root)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        parser.exit(1, f"error: {err}\n")
+    STEPS[args.dataset](args.root)
 
 
 if __name__ == "__main__":

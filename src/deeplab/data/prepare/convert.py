@@ -5,12 +5,13 @@ from pathlib import Path
 
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-from PIL import Image
 from scipy.io import loadmat
 
 from deeplab.atomic import written_atomically
 from deeplab.data.classes import IGNORE_INDEX
-from deeplab.data.reader import write_mask
+from deeplab.data.reader import read_mask, write_mask
+from deeplab.errors import UserError
+from deeplab.files import read_file
 from deeplab.progress import track
 
 # PASCAL-Part part names (Annotations_Part/*.mat) merged into Person-Part's 6 classes.
@@ -29,7 +30,7 @@ def load_mat(path: Path) -> dict:
     try:
         return loadmat(path, squeeze_me=True, struct_as_record=False)
     except (ValueError, OSError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable .mat file ({err}): re-extract it") from err
+        raise UserError(f"{path} is not a readable .mat file ({err}): re-extract it") from err
 
 
 def sbd_mask(path: Path) -> np.ndarray:
@@ -40,11 +41,10 @@ def sbd_mask(path: Path) -> np.ndarray:
 def context_lut(labels_59: Path) -> np.ndarray:
     """459-class id -> 0..59 from the official `59_labels.txt` ("<id>: <name>" lines): the 59
     classes become 1..59 in id order, every other class becomes background 0."""
-    ids = sorted(
-        int(line.split(":")[0]) for line in labels_59.read_text().splitlines() if ":" in line
-    )
+    text = read_file(Path.read_text, labels_59, "class list", "re-download it")
+    ids = sorted(int(line.split(":")[0]) for line in text.splitlines() if ":" in line)
     if len(ids) != 59:
-        raise ValueError(f"{labels_59} lists {len(ids)} classes, expected 59: re-download it")
+        raise UserError(f"{labels_59} lists {len(ids)} classes, expected 59: re-download it")
     lut = np.zeros(max(460, max(ids) + 1), dtype=np.uint8)
     lut[ids] = np.arange(1, 60, dtype=np.uint8)
     return lut
@@ -83,8 +83,7 @@ def cityscapes_lut() -> np.ndarray:
 
 
 def cityscapes_mask(path: Path, lut: np.ndarray) -> np.ndarray:
-    with Image.open(path) as img:
-        return lut[np.array(img)]
+    return lut[read_mask(path)]
 
 
 def convert_all(pairs: Iterable[tuple[Path, Path]], fn, description: str) -> list[Path]:

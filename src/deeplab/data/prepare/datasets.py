@@ -11,6 +11,7 @@ from deeplab.atomic import written_atomically
 from deeplab.data.prepare import convert
 from deeplab.data.prepare.fetch import Archive, download, extract
 from deeplab.data.reader import read_ids
+from deeplab.errors import MissingFileError
 
 # Checksums: "verified" = the same md5 in torchvision's tables and several other projects;
 # "several projects" = the same md5 in independent download scripts, no official table;
@@ -93,7 +94,7 @@ def prepare_sbd(root: Path, archives: dict = OFFICIAL) -> None:
     pairs = [(sbd / "cls" / f"{n}.mat", aug_dir / f"{n}.png") for n in train_aug]
     missing = [src for src, dst in pairs if not dst.is_file() and not src.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{missing[0]} (and {len(missing) - 1} more) missing: re-extract SBD"
         )
     convert.convert_all(pairs, convert.sbd_mask, "converting SBD .mat")
@@ -161,13 +162,13 @@ def prepare_cityscapes(root: Path, archives: dict = OFFICIAL) -> None:
             continue
         zip_path = next((p for p in (root / zip_name, base / zip_name) if p.is_file()), None)
         if zip_path is None:
-            raise FileNotFoundError(CITYSCAPES_HELP.format(root=base))
+            raise MissingFileError(CITYSCAPES_HELP.format(root=base))
         extract(zip_path, base)
     lut = convert.cityscapes_lut()
     for split in ("train", "val"):
         sources = sorted((base / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
         if not sources:
-            raise FileNotFoundError(f"no *_gtFine_labelIds.png under {base / 'gtFine' / split}")
+            raise MissingFileError(f"no *_gtFine_labelIds.png under {base / 'gtFine' / split}")
         pairs = [(p, p.with_name(p.name.replace("labelIds", "trainIds"))) for p in sources]
         convert.convert_all(
             pairs, lambda p: convert.cityscapes_mask(p, lut), f"converting Cityscapes {split}"

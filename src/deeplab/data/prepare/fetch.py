@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deeplab.errors import UserError
 from deeplab.progress import Progress
 
 CHUNK = 1 << 16  # bytes per read: small enough for a smooth rate, large enough to be cheap
@@ -40,7 +41,7 @@ def verify(path: Path, md5: str | None) -> None:
     if md5 is None:
         print(f"{path.name}: md5 {actual} (no official checksum to compare with)")
     elif actual != md5:
-        raise ValueError(
+        raise UserError(
             f"{path} has md5 {actual}, expected {md5}: the download is corrupt or incomplete; "
             "delete the file and run the prepare command again"
         )
@@ -57,7 +58,7 @@ def download(archive: Archive, dest_dir: Path) -> Path:
         try:
             fetch_into(archive.url, partial)
         except (OSError, http.client.HTTPException) as err:
-            raise RuntimeError(
+            raise UserError(
                 f"cannot download {archive.url} ({err}): check the network and run the prepare "
                 f"command again (it resumes {partial.name}), or fetch the file by hand into "
                 f"{dest_dir}"
@@ -126,4 +127,4 @@ def extract(path: Path, dest_dir: Path) -> None:
                 tf.extract(member, dest_dir, filter="data")
                 bar.advance(raw.tell() - bar.completed)
     else:
-        raise ValueError(f"{path} is neither a tar nor a zip archive: delete it and re-download")
+        raise UserError(f"{path} is neither a tar nor a zip archive: delete it and re-download")
