@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,8 +128,10 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(probs_dir, ca
     assert progress[-1].startswith("CRF search, coarse grid: 2/2 settings (100%)")
     assert "best mIoU" in progress[-1]
 
-    with pytest.raises(ValueError, match="another search .*iterations.*--restart"):
+    with pytest.raises(SystemExit) as refused:  # a UserError: its message alone, exit 2
         main([*common, "--bi-xy-std", "20", "--out", str(out), "--iterations", "5"])
+    assert refused.value.code == 2
+    assert re.search("another search .*iterations.*--restart", capsys.readouterr().err)
     again = main([*common, "--bi-xy-std", "20", "--no-fine", "--out", str(out), "--restart"])
     assert capsys.readouterr().out.count("[coarse]") == 2  # --restart scores everything again
     assert without_timing(again["results"]) == without_timing(full["results"][:2])
