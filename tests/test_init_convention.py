@@ -5,6 +5,7 @@ files load as initialisation (model.backbone.pretrained / init.path) and as ckpt
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from deeplab.checkpoint import load_network
 from deeplab.config import compose
@@ -158,3 +159,13 @@ def test_converted_network_loads_as_ckpt_path_and_checks_normalization(files):
         )
     with pytest.raises(UserError, match="backbone initialisation without a classifier"):
         load_network(instantiate(cfg.model), files["vgg_init"], 21, CAFFE.mean, CAFFE.std)
+
+
+def test_converted_network_refuses_other_atrous_rates_as_ckpt_path(files):
+    """Other rates load into the same weight shapes and silently score worse: the converted file
+    records its model config, so a mismatch is refused with the override that fixes it."""
+    saved = torch.load(files["voc_msc"], weights_only=True)
+    cfg = compose("evaluate", [*saved["overrides"], "model.rates=[6,12,18,48]"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    with pytest.raises(UserError, match=r"model.rates=\[6,12,18,24\]"):
+        load_network(instantiate(cfg.model), files["voc_msc"], 21, CAFFE.mean, CAFFE.std, model)

@@ -135,4 +135,6 @@ def converted_checkpoint(converted: dict, source) -> tuple[dict, dict]:
         "num_classes": int(_override(overrides, "data.num_classes")),
         "normalization": {"mean": list(conv.mean), "std": list(conv.std)},
     }
+    if "model" in converted:  # files converted before it was recorded lack it
+        meta["model"] = converted["model"]
     return converted["state_dict"], meta

@@ -8,6 +8,7 @@ import hydra
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from deeplab.config import compose
 from deeplab.convert.mapping import to_state_dict
@@ -19,8 +20,10 @@ from deeplab.errors import UserError
 _MODEL_KEYS = ("model=", "model.", "backbone=", "data.num_classes=")
 
 
-def build_target(overrides: list[str]) -> torch.nn.Module:
-    """The network `overrides` compose (`train` config), on the meta device: shapes only."""
+def build_target(overrides: list[str]) -> tuple[torch.nn.Module, dict]:
+    """The network `overrides` compose (`train` config), on the meta device (shapes only), and
+    its resolved `model` config, which the file records like a checkpoint does: loading it into
+    a network of other atrous rates or pool5a (same weight shapes) is then refused."""
     overrides = [o for o in overrides if o.startswith(_MODEL_KEYS)]
     # Inside a running Hydra app (train.py converting a .caffemodel given as pretrained weights)
     # Hydra is initialised already and a second initialisation would fail.
@@ -29,7 +32,7 @@ def build_target(overrides: list[str]) -> torch.nn.Module:
     else:
         cfg = compose("train", overrides)
     with torch.device("meta"):
-        return instantiate(cfg.model)
+        return instantiate(cfg.model), OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def _classifier_keys(net: torch.nn.Module) -> set[str]:
@@ -37,9 +40,10 @@ def _classifier_keys(net: torch.nn.Module) -> set[str]:
     return {name for name, p in net.named_parameters() if id(p) in ids}
 
 
-def _check_fits(state: dict, rec: Recognised, source: Path) -> None:
-    """Every key the file should fill is filled, with the right shape, and nothing else."""
-    net = build_target(rec.overrides)
+def _check_fits(state: dict, rec: Recognised, source: Path) -> dict:
+    """Every key the file should fill is filled, with the right shape, and nothing else; returns
+    the network's resolved model config."""
+    net, model = build_target(rec.overrides)
     own = net.state_dict()
     expected = set(own) if rec.complete else set(own) - _classifier_keys(net)
     missing = sorted(expected - set(state))
@@ -63,6 +67,7 @@ def _check_fits(state: dict, rec: Recognised, source: Path) -> None:
             f"{source}: recognised {rec.description}, but its weights do not fit the network of "
             f"{' '.join(rec.overrides)}: " + "; ".join(problems)
         )
+    return model
 
 
 def convert(path: str | Path, drop_classifier: bool = False) -> dict:
@@ -82,10 +87,11 @@ def convert(path: str | Path, drop_classifier: bool = False) -> dict:
             "files (README, 'Converting the authors' Caffe models')"
         )
     state = to_state_dict(layers, rec)
-    _check_fits(state, rec, path)
+    model = _check_fits(state, rec, path)
     return {
         "state_dict": state,
         "overrides": rec.overrides,
+        "model": model,
         "complete": rec.complete,
         "source": {"file": path.name, "recognised": rec.description},
         "dropped": sorted(rec.dropped),
