@@ -18,6 +18,7 @@ from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, l
 from deeplab.checkpoint import load_network
 from deeplab.data.transforms import normalize
 from deeplab.inference import probabilities, wrap
+from deeplab.interrupt import SaveOnSigterm, exit_on_sigterm, resume_from
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
 from deeplab.results import as_metrics, print_table, write_metrics
@@ -74,6 +75,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         list(callbacks or [])
         + [
             *checkpoints(run_dir / "checkpoints"),
+            SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
             EpochSeed(cfg.seed),
             throughput,
             ValOverlays(datamodule.palette),
@@ -86,12 +88,15 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # resumable
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with exit_on_sigterm(trainer, last):
+        resume = resume_from(cfg.get("ckpt_path"), last)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
+        trainer.save_checkpoint(last, weights_only=False)  # resumable
 
-    trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
-    metrics = validate(trainer, module, datamodule)
+        trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
+        metrics = validate(trainer, module, datamodule)
     metrics["params"] = sum(p.numel() for p in net.parameters())
     metrics["train_img_per_s"] = throughput.img_per_s
     finish(trainer, module, datamodule, metrics, run_dir)
