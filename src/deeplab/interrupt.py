@@ -36,8 +36,22 @@ class SaveOnSigterm(pl.Callback):
         self.path = path
 
     def on_exception(self, trainer: pl.Trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
-            trainer.save_checkpoint(self.path, weights_only=False)
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        progress = trainer.fit_loop.epoch_progress
+        if progress.current.started == progress.current.processed == progress.current.completed:
+            # Stopped by the fit loop after an epoch closed: Lightning resumes such a state one
+            # epoch ahead (new reseeding, other order). Save it as the epoch-end state Lightning
+            # restores exactly, the one `on_train_epoch_end` checkpoints have.
+            progress.total.completed -= 1
+            progress.current.completed -= 1
+            try:
+                trainer.save_checkpoint(self.path, weights_only=False)
+            finally:
+                progress.total.completed += 1
+                progress.current.completed += 1
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 @contextmanager
