@@ -15,6 +15,7 @@ import atexit
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +104,20 @@ def release(path: Path) -> None:
 
 class RunLock(Callback):
     """Hydra callback: lock the run folder (or the sweep folder and each job's) before Hydra
-    writes `.hydra/` or the job writes anything; release it at the end."""
+    writes `.hydra/` or the job writes anything, else exit with status 1 and the message;
+    release it at the end."""
 
     def __init__(self) -> None:
         self._held: list[Path] = []
 
     def _take(self, run_dir: Any) -> None:
-        if is_rank_zero():
+        if not is_rank_zero():
+            return
+        try:
             self._held.append(acquire(str(run_dir)))
+        except UserError as error:
+            # Hydra turns a callback's exceptions into warnings and goes on: stop here instead
+            sys.exit(f"{type(error).__name__}: {error}")
 
     def _drop(self) -> None:
         if self._held:
