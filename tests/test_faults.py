@@ -152,15 +152,15 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_rerun_resumes_exactly(
     assert_same_weights(run_dir, reference)
 
 
-class Sigterm(pl.Callback):
-    """Send this process SIGTERM after a given step, as a scheduler would."""
+class Signal(pl.Callback):
+    """Send this process a signal after a given step, as a scheduler would."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        self.step, self.signum = step, signum
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 @pytest.mark.slow
@@ -168,8 +168,28 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, uninterrupted):
     reference, data = uninterrupted
     cfg = compose("train", [*SMOKE, data])
     with pytest.raises(SystemExit) as stopped:
-        train(cfg, tmp_path, callbacks=[Sigterm(step=6)])  # the 2nd of 4 steps of epoch 2
+        train(cfg, tmp_path, callbacks=[Signal(step=6)])  # the 2nd of 4 steps of epoch 2
     assert stopped.value.code == 143
     assert final_weights(tmp_path)[1] == 6
     train(cfg, tmp_path)  # ckpt_path=auto
     assert_same_weights(tmp_path, reference)
+
+
+@pytest.mark.slow
+def test_a_launchers_requeue_handler_runs_after_the_checkpoint(tmp_path, uninterrupted):
+    """submitit handles SIGUSR2 by requeueing the job and exiting on the spot. Its handler needs
+    a SLURM cluster; this one does the same steps where it can: note, then exit."""
+    steps_saved = []
+
+    def requeue_and_exit(signum, frame):
+        steps_saved.append(final_weights(tmp_path)[1])
+        sys.exit(-1)
+
+    cfg = compose("train", [*SMOKE, uninterrupted[1]])
+    previous = signal.signal(signal.SIGUSR2, requeue_and_exit)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            train(cfg, tmp_path, callbacks=[Signal(step=5, signum=signal.SIGUSR2)])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert stopped.value.code == -1 and steps_saved == [5]

@@ -71,11 +71,12 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     module = build_module(cfg, datamodule, net)
     loggers = build_loggers(cfg.get("logger"), run_dir)
     throughput = Throughput()
+    stop = SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt")
     callbacks = (
         list(callbacks or [])
         + [
             *checkpoints(run_dir / "checkpoints"),
-            SaveOnSigterm(run_dir / "checkpoints" / "last.ckpt"),
+            stop,
             EpochSeed(cfg.seed),
             throughput,
             ValOverlays(datamodule.palette),
@@ -88,12 +89,11 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    last = run_dir / "checkpoints" / "last.ckpt"
-    with exit_on_sigterm(trainer, last):
-        resume = resume_from(cfg.get("ckpt_path"), last)
+    with exit_on_sigterm(trainer, stop):
+        resume = resume_from(cfg.get("ckpt_path"), stop.path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
-        trainer.save_checkpoint(last, weights_only=False)  # resumable
+        trainer.save_checkpoint(stop.path, weights_only=False)  # resumable
 
         trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
         metrics = validate(trainer, module, datamodule)
