@@ -10,6 +10,8 @@ What makes the two runs equal:
 - no randomness left in the step: dropout 0 (ranks reseed per rank), VGG has no BatchNorm.
 """
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -52,22 +54,65 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
-    train(*EXACT, *DDP, "data.batch_size=1", f"hydra.run.dir={tmp_path / 'ddp'}")
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The 1-process twin: batch 1 x 2 accumulated steps, the same global batch of 2 images."""
+    run_dir = tmp_path_factory.mktemp("ddp") / "single"
     train(
         *EXACT,
         "trainer=cpu",
         "data.batch_size=1",
         "trainer.accumulate_grad_batches=2",
-        f"hydra.run.dir={tmp_path / 'single'}",
+        f"hydra.run.dir={run_dir}",
     )
-    assert sorted(p.parent.name for p in tmp_path.rglob("metrics.json")) == ["ddp", "single"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "single"]  # no stray run dirs
-    ddp, single = weights(tmp_path / "ddp"), weights(tmp_path / "single")
+    return weights(run_dir)
+
+
+def assert_same(ddp: dict, single: dict) -> None:
     assert ddp.keys() == single.keys()
     moved = max((ddp[k] - single[k]).abs().max().item() for k in ddp)
     assert moved < 1e-5, f"DDP and 1-process weights differ by up to {moved}"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, single):
+    train(*EXACT, *DDP, "data.batch_size=1", f"hydra.run.dir={tmp_path / 'ddp'}")
+    assert [p.parent.name for p in tmp_path.rglob("metrics.json")] == ["ddp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no stray run dirs
+    assert_same(weights(tmp_path / "ddp"), single)
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_process_on_the_same_global_batch(tmp_path, single):
+    """2 nodes x 1 process on 127.0.0.1, each started by hand as on a cluster (README,
+    Multi-node): the same command and run folder, NODE_RANK and the master's address."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [*EXACT, *DDP, "trainer.devices=1", "trainer.num_nodes=2", "data.batch_size=1"]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "src/train.py", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=REPO,
+            env={
+                **os.environ,
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "NODE_RANK": str(rank),
+                "LOCAL_RANK": "0",  # this node's processes are started here, not by Lightning
+                "WORLD_SIZE": "2",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0].decode()[-3000:] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    run = tmp_path / "run"
+    assert "mIoU" in (run / "train.log").read_text()  # rank 0's log and results
+    assert (run / "train_node1.log").is_file()
+    assert_same(weights(run), single)
 
 
 @pytest.mark.slow

@@ -108,6 +108,7 @@ def test_slurm_launcher_runs_one_task_per_gpu(tmp_path, monkeypatch):
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert params["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert (params["nodes"], params["gpus_per_node"], params["tasks_per_node"]) == (2, 4, 4)
+    assert cfg.ckpt_path == "auto" and params["max_num_timeout"] > 0  # requeued jobs resume
     # Hand the parameters to submitit the way the launcher does, and read the sbatch script.
     executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
     base = {

@@ -21,6 +21,7 @@ from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError, UserError
 from deeplab.images import read_rgb
 from deeplab.inference import probabilities, wrap
+from deeplab.interrupt import SaveOnSigterm, exit_on_sigterm, resume_from
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
 from deeplab.progress import track
@@ -70,9 +71,11 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
     check_config(cfg)
-    if cfg.get("ckpt_path"):  # Lightning reads it, late and in torch's words: name it first
-        check_readable(cfg.ckpt_path)
     run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = resume_from(cfg.get("ckpt_path"), last)  # `auto`: this run folder's last.ckpt
+    if resume:  # Lightning reads it, late and in torch's words: name it first
+        check_readable(resume)
     conventions.check_run(cfg)  # before anything is built: the weights' input convention
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -80,10 +83,12 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     module = build_module(cfg, datamodule, net)
     loggers = build_loggers(cfg.get("logger"), run_dir)
     throughput = Throughput()
+    stop = SaveOnSigterm(last)
     callbacks = (
         list(callbacks or [])
         + [
             *checkpoints(run_dir / "checkpoints"),
+            stop,
             EpochSeed(cfg.seed),
             throughput,
             ValOverlays(datamodule.palette),
@@ -96,13 +101,14 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # resumable
+    with exit_on_sigterm(trainer, stop):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
+        trainer.save_checkpoint(last, weights_only=False)  # resumable
 
-    trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
-    module.net = wrap(module.net, datamodule.num_classes, **cfg.get("tta", {}))
-    metrics = validate(trainer, module, datamodule)
+        trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
+        module.net = wrap(module.net, datamodule.num_classes, **cfg.get("tta", {}))
+        metrics = validate(trainer, module, datamodule)
     metrics["params"] = sum(p.numel() for p in net.parameters())
     metrics["train_img_per_s"] = throughput.img_per_s
     finish(trainer, module, datamodule, metrics, run_dir)

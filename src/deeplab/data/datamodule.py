@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from deeplab.data import classes
 from deeplab.data.reader import SegmentationDataset, read_ids
+from deeplab.data.resumable import ResumableLoader
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD, pad_collate, train_transform
 from deeplab.errors import MissingFileError, UserError
@@ -116,7 +117,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.val_set = self.dataset("val")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        return ResumableLoader(  # resumes exactly from a mid-epoch checkpoint (SIGTERM)
             self.train_set, self.batch_size, shuffle=True, drop_last=False, **self.loader_args
         )
 
