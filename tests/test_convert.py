@@ -202,6 +202,7 @@ def test_bad_caffemodels_get_one_clear_error_and_no_output(tmp_path, capsys, con
     with pytest.raises(UserError, match=str(src)) as err:
         convert(src)
     assert message in str(err.value)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         main([str(src), str(tmp_path / "out.pth")])
-    assert "error:" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()
+    assert refused.value.code == 2  # the message alone (deeplab.cli), no traceback
+    assert "Error:" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()

@@ -8,10 +8,11 @@ import argparse
 import shlex
 from pathlib import Path
 
+from deeplab.cli import reports_user_errors
 from deeplab.convert.convert import convert, save
-from deeplab.errors import UserError
 
 
+@reports_user_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deeplab.convert", description=__doc__)
     parser.add_argument("caffemodel", type=Path, help="the authors' .caffemodel")
@@ -22,11 +23,8 @@ def main(argv: list[str] | None = None) -> None:
         help="keep the backbone (and VGG fc6/fc7) only, e.g. to start from the COCO init",
     )
     args = parser.parse_args(argv)
-    try:
-        converted = convert(args.caffemodel, args.drop_classifier)
-        save(converted, args.output)
-    except UserError as err:
-        parser.exit(1, f"error: {err}\n")
+    converted = convert(args.caffemodel, args.drop_classifier)
+    save(converted, args.output)
     kind = "network" if converted["complete"] else "initialisation (no classifier)"
     print(f"recognised: {converted['source']['recognised']}")
     print(f"dropped: {len(converted['dropped'])} layers (MSC copies / classifiers)")
