@@ -28,7 +28,6 @@ NETS = {
     "largefov": (ref.largefov, 1 / 16, True, "fc8_voc12"),
 }
 # Override keys that configure the network and its input: never dropped from the composition.
-_NETWORK_KEYS = ("model", "backbone", "data")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -100,7 +100,7 @@ def test_runs_started_together_get_their_own_folders_and_logs(tmp_path):
     assert len(folders) == 2, folders
     for folder in folders:
         log = (folder / "train.log").read_text()
-        assert "Error: data.root=" in log and "does not exist" in log, log  # the message, no traceback
+        assert "Error: data.root=" in log and "does not exist" in log, log
         assert not (folder / run_lock.OWNER_FILE).exists()  # released at exit
 
 
