@@ -27,7 +27,6 @@ NETS = {
     "vgg16_aspp_l": (ref.vgg16_aspp_l, 1 / 16, False, "fc8_voc12"),
     "largefov": (ref.largefov, 1 / 16, True, "fc8_voc12"),
 }
-# Override keys that configure the network and its input: never dropped from the composition.
 
 
 @pytest.fixture(scope="module", autouse=True)
