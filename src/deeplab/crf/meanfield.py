@@ -71,15 +71,19 @@ def mean_field(
     bi_xy_std: float,
     bi_rgb_std: float,
     normalization: str,
+    kind: str = "probs",
 ) -> list[torch.Tensor]:
-    """images: uint8 (H, W, 3); probs: float32 (C, H, W), all on one device. Returns probs."""
+    """images: uint8 (H, W, 3); probs: float32 (C, H, W), all on one device. Returns probs.
+
+    kind "probs": unary -log p clipped at UNARY_CLIP; "logits": unary -score (DeepLab's C++)."""
     gauss, bilateral, unary, sizes = [], [], [], []
     for image, p in zip(images, probs, strict=True):
         c, h, w = p.shape
         gauss.append(position_features(h, w, pos_xy_std, p.device))
         rgb = image.reshape(-1, 3).float() / np.float32(bi_rgb_std)
         bilateral.append(torch.cat([position_features(h, w, bi_xy_std, p.device), rgb], dim=1))
-        unary.append(-torch.log(p.reshape(c, -1).T.clamp(UNARY_CLIP, 1.0)))
+        scores = p.reshape(c, -1).T
+        unary.append(-scores if kind == "logits" else -torch.log(scores.clamp(UNARY_CLIP, 1.0)))
         sizes.append(h * w)
     kernels = [
         make_kernel(gauss, float(np.float32(pos_w)), normalization),

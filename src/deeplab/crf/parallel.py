@@ -13,20 +13,23 @@ from deeplab.crf.dense_crf import DenseCRF, _like, _numpy_image, _numpy_probs, c
 BATCH_PIXELS = 2_000_000
 
 
-def refine_many(crf: DenseCRF, images: list, probs: list, num_workers: int | None = None) -> list:
+def refine_many(
+    crf: DenseCRF, images: list, probs: list, num_workers: int | None = None, kind: str = "probs"
+) -> list:
     """Refine every (image, probs) pair; results come back in order, typed like each `probs`.
 
     pydensecrf: `num_workers` processes (None or 0: all cores; 1: in this process). torch: images
     are grouped into batches of about BATCH_PIXELS pixels (any sizes mix; no padding needed) and
-    `num_workers` is unused."""
+    `num_workers` is unused. `kind`: "probs" or "logits", as for `DenseCRF.__call__`."""
     if len(images) != len(probs):
         raise ValueError(f"refine_many got {len(images)} images but {len(probs)} probability maps")
     if crf.backend == "torch":
-        return _torch_batches(crf, images, probs)
+        return _torch_batches(crf, images, probs, kind)
     for i, (image, p) in enumerate(zip(images, probs, strict=True)):
-        check_inputs(image, p, where=f"item {i}")
+        check_inputs(image, p, where=f"item {i}", kind=kind)
     jobs = [
-        (_numpy_image(im), _numpy_probs(p), crf.params) for im, p in zip(images, probs, strict=True)
+        (_numpy_image(im), _numpy_probs(p), crf.params, kind)
+        for im, p in zip(images, probs, strict=True)
     ]
     workers = min(num_workers or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
@@ -48,7 +51,7 @@ def _context():
     return ctx
 
 
-def _torch_batches(crf: DenseCRF, images: list, probs: list) -> list:
+def _torch_batches(crf: DenseCRF, images: list, probs: list, kind: str) -> list:
     out, start = [], 0
     while start < len(images):
         stop, pixels = start, 0
@@ -57,7 +60,7 @@ def _torch_batches(crf: DenseCRF, images: list, probs: list) -> list:
         ):
             pixels += _pixels(probs[stop])
             stop += 1
-        out += crf.refine_batch(images[start:stop], probs[start:stop])
+        out += crf.refine_batch(images[start:stop], probs[start:stop], kind)
         start = stop
     return out
 
