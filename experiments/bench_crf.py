@@ -138,7 +138,7 @@ def main() -> None:
             f"{rows[-1]['size']:>30} torch {device} {threads} thread(s): "
             f"{r['torch']['ms']:7.0f} ms vs pydensecrf {r['pydensecrf']['ms']:7.0f} ms"
         )
-    split = isolated(whole_split, args.images, args.repeats) if args.images else None
+    split = whole_split(args.images, args.repeats) if args.images else None  # spawns workers
 
     print(
         "\n| size | torch device, threads | pydensecrf ms | torch ms | speed-up (wall) "

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deeplab.crf import DenseCRF, refine_many
+from deeplab.crf.queue import RefineQueue
 from deeplab.crf.search import score
 from deeplab.errors import UserError
 
@@ -287,3 +288,65 @@ def test_refine_many_processes_and_batches_match_single_calls():
         single = [crf(i, p) for i, p in zip(images, probs, strict=True)]
         for m, s in zip(many, single, strict=True):
             np.testing.assert_allclose(m, s, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "backend, workers, chunk", [("pydensecrf", 2, 2), ("pydensecrf", 1, 2), ("torch", 1, 3)]
+)
+def test_refine_queue_returns_what_refine_many_does(backend, workers, chunk):
+    """Background processes (pydensecrf, 2 workers) or in-process chunks: the same maps."""
+    cases = [small_case(seed, size) for seed, size in enumerate([(24, 32), (17, 23)] * 3)]
+    crf = DenseCRF(backend=backend, bi_xy_std=20)
+    queue = RefineQueue(crf, workers, chunk, kind="logits", max_pending=3)
+    got = {}
+    for i, (image, probs) in enumerate(cases):
+        got.update(queue.put(i, image, np.log(probs)))
+    got.update(queue.drain())
+    want = refine_many(crf, [c[0] for c in cases], [np.log(c[1]) for c in cases], 1, "logits")
+    assert sorted(got) == list(range(len(cases)))
+    for i, w in enumerate(want):
+        np.testing.assert_allclose(got[i], w, atol=1e-6)
+
+
+def test_validation_overlaps_the_crf_and_counts_the_same():
+    """The module's CRF (network and pydensecrf workers overlapped) gives the confusion matrix of
+    refining each image's logits one by one."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from deeplab.metrics import confusion_matrix
+    from deeplab.module import SegmentationModule
+
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for i in range(5):
+        mask = torch.zeros(20, 28, dtype=torch.int64)
+        mask[4 + i : 14, 6 : 20 - i] = 1 + i % 2
+        image = mask[None].float().expand(3, -1, -1) + 0.5 * torch.randn(3, 20, 28, generator=g)
+        data.append({"image": image, "mask": mask, "name": f"im{i}"})
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    crf = DenseCRF(bi_xy_std=10, pos_xy_std=1, normalization="per_pixel")
+    matrices = []
+    for workers in (2, 1):
+        module = SegmentationModule(
+            net, ["a", "b", "c"], crf=crf, crf_workers=workers, crf_chunk=2, mean=(0.0,) * 3,
+            std=(0.02,) * 3,
+        )  # fmt: skip
+        module.use_crf = True
+        trainer = pl.Trainer(
+            accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, enable_checkpointing=False,
+        )  # fmt: skip
+        trainer.validate(module, DataLoader(data, batch_size=2), verbose=False)
+        matrices.append(module.confusions["val_crf"])
+    want = confusion_matrix(3, 255)
+    with torch.no_grad():
+        for d in data:
+            rgb = module._rgb(d["image"])
+            q = crf(rgb, net(d["image"][None])[0], kind="logits")
+            want.update(q.argmax(0)[None], d["mask"][None])
+    want = want.compute().numpy()
+    assert want.sum() == 5 * 20 * 28
+    np.testing.assert_array_equal(matrices[0], want)
+    np.testing.assert_array_equal(matrices[1], want)
