@@ -2,7 +2,7 @@
 
 Two backends share one set of parameters: `pydensecrf` (the C++ reference, CPU) and `torch`
 (the same lattice and mean field in PyTorch, on CPU or GPU, batched; matches the reference to
-float precision).
+float rounding).
 """
 
 import numpy as np
