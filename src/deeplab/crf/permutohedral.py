@@ -35,51 +35,52 @@ def _scale_factors(d: int) -> list[float]:
 
 
 def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Points (P, d) -> the remainder-0 point rem0 (P, d+1) float32, the rank of each coordinate
-    (P, d+1) int64 and the barycentric weights (P, d+1) float32 indexed by remainder."""
+    """Points (P, d) -> the remainder-0 point rem0 (d+1, P) float32, the rank of each coordinate
+    (d+1, P) int64 and the barycentric weights (d+1, P) float32 indexed by remainder. Coordinate
+    major, so that every per-coordinate step runs over contiguous memory."""
     n, d = features.shape
     f32 = dict(dtype=torch.float32, device=features.device)
     scale = _scale_factors(d)
     down = torch.tensor(1.0 / (d + 1), **f32)  # float32(1/(d+1)), as _mm_set1_ps(1.0f/(d+1))
     up = float(d + 1)
+    f = features.T.contiguous()
 
     # Elevate onto the hyperplane sum(x) = 0: y = E p, accumulated from the last axis down.
-    elevated = torch.empty(n, d + 1, **f32)
+    elevated = torch.empty(d + 1, n, **f32)
     running = torch.zeros(n, **f32)
     for j in range(d, 0, -1):
-        cf = features[:, j - 1] * scale[j - 1]
-        elevated[:, j] = running - float(j) * cf
+        cf = f[j - 1] * scale[j - 1]
+        elevated[j] = running - float(j) * cf
         running = running + cf
-    elevated[:, 0] = running
+    elevated[0] = running
 
     # Nearest remainder-0 point: round each coordinate / (d+1) half to even (SSE rounding).
     rounded = torch.round(elevated * down)
     rem0 = rounded * up
-    total = rounded.sum(1).to(torch.int64)
+    total = rounded.sum(0).to(torch.int64)
 
     # Rank of each coordinate of (elevated - rem0), with densecrf's tie rule: for i < j the
     # pair counts toward i when diff_i < diff_j, otherwise toward j.
-    diff = (elevated - rem0).T.contiguous()
-    rank_t = torch.zeros(d + 1, n, dtype=torch.int64, device=features.device)
+    diff = elevated - rem0
+    rank = torch.zeros(d + 1, n, dtype=torch.int64, device=features.device)
     for i in range(d):
         for j in range(i + 1, d + 1):
             i_lower = diff[i] < diff[j]
-            rank_t[i] += i_lower
-            rank_t[j] += ~i_lower
-    rank = rank_t.T
+            rank[i] += i_lower
+            rank[j] += ~i_lower
 
     # Bring the point back onto the plane when the rounded sum is not 0.
-    rank = rank + total[:, None]
+    rank += total
     low, high = rank < 0, rank > d
-    rank = rank + (d + 1) * (low.long() - high.long())
-    rem0 = rem0 + up * (low.float() - high.float())
+    rank += (d + 1) * (low.long() - high.long())
+    rem0 += up * (low.float() - high.float())
 
     # Barycentric weights: b[d - rank_i] += v_i, b[d - rank_i + 1] -= v_i, then wrap around.
     v = (elevated - rem0) * down
-    by_rank = torch.empty_like(v).scatter_(1, rank, v)  # by_rank[:, r] = v of the rank-r coord
-    bary = torch.empty(n, d + 1, **f32)
-    bary[:, 1:] = by_rank[:, :d].flip(1) - by_rank[:, 1:].flip(1)
-    bary[:, 0] = by_rank[:, d] + (1.0 - by_rank[:, 0])
+    by_rank = torch.empty_like(v).scatter_(0, rank, v)  # by_rank[r] = v of the rank-r coord
+    bary = torch.empty(d + 1, n, **f32)
+    bary[1:] = by_rank[:d].flip(0) - by_rank[1:].flip(0)
+    bary[0] = by_rank[d] + (1.0 - by_rank[0])
     return rem0, rank, bary
 
 
@@ -89,13 +90,14 @@ def _vertex_codes(rem0, rank, batch, lo, strides) -> torch.Tensor:
     Vertex r has key rem0 + r - (d+1) [rank > d - r] on the first d coordinates, so its code is
     base + r sum(strides) - (d+1) sum(strides over the coordinates with rank >= d+1-r): the last
     sum grows with r and is a cumulative sum of the strides scattered at d+1-rank."""
-    n, d1 = rank.shape
+    d1, n = rank.shape
     d = d1 - 1
-    base = ((rem0[:, :d].long() - lo) * strides).sum(1) + batch
-    wrapped = rem0.new_zeros(n, d1 + 1, dtype=torch.int64)
-    wrapped.scatter_add_(1, d1 - rank[:, :d], strides.expand(n, d))
-    r = torch.arange(d1, device=rank.device)
-    return base[:, None] + r * int(strides.sum()) - d1 * wrapped[:, :d1].cumsum(1)
+    base = ((rem0[:d].long() - lo[:, None]) * strides[:, None]).sum(0) + batch
+    wrapped = rem0.new_zeros(d1 + 1, n, dtype=torch.int64)
+    wrapped.scatter_add_(0, d1 - rank[:d], strides[:, None].expand(d, n))
+    r = torch.arange(d1, device=rank.device)[:, None]
+    codes = base + r * int(strides.sum()) - d1 * wrapped[:d1].cumsum(0)
+    return codes.T
 
 
 @dataclass
@@ -137,15 +139,15 @@ class Lattice:
             mask = torch.ones(f.shape[0], dtype=torch.bool, device=device)
             mask[f.shape[0] - 1] = not pad
             real.append(mask)
-        rem0, rank, weights = (torch.cat(x) for x in zip(*parts, strict=True))
+        rem0, rank, bary = (torch.cat(x, 1) for x in zip(*parts, strict=True))
         batch, real = torch.cat(batch), torch.cat(real)
         padded = not bool(real.all())
 
         # Pack (batch, key) into one int64, leaving room for keys (rem0 - d-1 .. rem0 + d) and
         # their +-d neighbour steps.
-        coords = rem0[:, :d].long()
-        lo = coords.amin(0) - 2 * (d + 1)
-        radix = coords.amax(0) - lo + 2 * (d + 1) + 1
+        coords = rem0[:d].long()
+        lo = coords.amin(1) - 2 * (d + 1)
+        radix = coords.amax(1) - lo + 2 * (d + 1) + 1
         strides, stride = [], 1
         for k in reversed(range(d)):
             strides.insert(0, stride)
@@ -185,7 +187,7 @@ class Lattice:
         alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-d)))
         return cls(
             offsets=offsets,
-            weights=weights[real] if padded else weights,
+            weights=bary.T[real].contiguous() if padded else bary.T.contiguous(),
             neighbors=found.reshape(d1, 2, -1),
             splat_counts=splat_counts,
             splat_entry=splat_entry,
