@@ -180,15 +180,18 @@ class Lattice:
         steps = torch.tensor(
             [-total + (d1 * strides[j] if j < d else 0) for j in range(d1)], device=device
         )
-        deltas = torch.stack([steps, -steps], 1)  # (d+1, 2)
-        target = uniq[None, None, :] + deltas[:, :, None]
-        pos = torch.searchsorted(uniq, target.reshape(-1)).clamp_max(uniq.numel() - 1)
-        found = torch.where(uniq[pos] == target.reshape(-1), pos + 1, 0)
+        target = (uniq[None, :] + steps[:, None]).reshape(-1)
+        pos = torch.searchsorted(uniq, target).clamp_max(uniq.numel() - 1)
+        n1 = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
+        # The reverse step needs no search: y = n1(x) exactly when x = n2(y).
+        n2 = torch.zeros_like(n1)
+        axis, point = torch.nonzero(n1, as_tuple=True)
+        n2[axis, n1[axis, point] - 1] = point + 1
         alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-d)))
         return cls(
             offsets=offsets,
             weights=bary.T[real].contiguous() if padded else bary.T.contiguous(),
-            neighbors=found.reshape(d1, 2, -1),
+            neighbors=torch.stack([n1, n2], 1),
             splat_counts=splat_counts,
             splat_entry=splat_entry,
             alpha=alpha,
