@@ -4,6 +4,7 @@ Generic over networks: anything mapping an image to logits (or a list of logits 
 names its `classifier_parameters()` trains here, so FCN-8s and RefineNet plug in unchanged.
 """
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from deeplab import checkpoint as ckpt
-from deeplab.crf import refine_many, save_probabilities
+from deeplab.crf import save_probabilities
+from deeplab.crf.queue import RefineQueue
 from deeplab.data.transforms import denormalize
 from deeplab.inference import resize
 from deeplab.losses import segmentation_loss
@@ -31,7 +33,10 @@ class SegmentationModule(pl.LightningModule):
         lr, momentum, weight_decay: SGD settings of the plain weights (SPEC §2).
         optimizer: `sgd` (the paper's) or `adamw` (the from-scratch CPU demo); `optim.name`.
         classifier_lr_mult: LR multiplier of the classifier weights (biases: twice it); 10.
-        crf: optional callable `crf(rgb uint8 HxWx3, probs CxHxW) -> probs`; used when `use_crf`.
+        crf: optional `DenseCRF`; used when `use_crf`. It reads the upsampled scores as its unary
+            (`kind="logits"`, as DeepLab's C++ does) and refines in the background (crf_workers
+            pydensecrf processes) while the network computes the next images.
+        crf_workers, crf_chunk: CRF processes; images per torch-backend batch.
         mean, std: the normalization, to recover the RGB image for the CRF and the figures.
         keep_samples: how many val images (the first ones) to keep for overlays and figures.
         probs_dir: if set, every val image's upsampled softmax is saved there for offline CRF
@@ -78,7 +83,9 @@ class SegmentationModule(pl.LightningModule):
         self.results: dict = {}  # {"val": scores(...), "val_crf": ...} of the latest validation
         self.confusions: dict = {}  # the matching K x K confusion matrices (numpy, rows: truth)
         self.samples: dict[str, dict] = {}  # name -> image, truth, pred, crf (uint8 / int arrays)
-        self._crf_buffer: list = []
+        self._crf_queue: RefineQueue | None = None
+        self._crf_masks: dict = {}  # (index, name) -> truth of the images the CRF refines
+        self._crf_index = itertools.count()
 
     @property
     def num_classes(self) -> int:
@@ -133,31 +140,39 @@ class SegmentationModule(pl.LightningModule):
         for name, rgb, truth, p in zip(names, rgbs, mask, pred, strict=True):
             if keep and len(self.samples) < self.keep_samples:
                 self.samples[name] = {"image": rgb, "truth": _np(truth), "pred": _np(p)}
-        probs = logits.float().softmax(1).cpu().numpy() if crf or self.probs_dir else None
         if self.probs_dir:
+            probs = logits.float().softmax(1).cpu().numpy()
             for name, rgb, prob, truth in zip(names, rgbs, probs, mask, strict=True):
                 save_probabilities(Path(self.probs_dir) / name, rgb, prob, truth)
         if crf:
-            self._crf_buffer += list(zip(names, rgbs, probs, mask, strict=True))
-            if len(self._crf_buffer) >= self.crf_chunk:
-                self._flush_crf()
+            if self._crf_queue is None:
+                self._crf_queue = RefineQueue(
+                    self.crf, self.crf_workers, self.crf_chunk, kind="logits"
+                )
+            for name, rgb, scores, truth in zip(names, rgbs, logits.float(), mask, strict=True):
+                key = (next(self._crf_index), name)  # unique even if names repeat
+                self._crf_masks[key] = truth
+                self._count_crf(self._crf_queue.put(key, rgb, scores))
         return {"pred": pred}
 
     def _rgb(self, image: torch.Tensor) -> np.ndarray:
         return denormalize(image.detach().float().cpu(), self.mean, self.std)
 
-    def _flush_crf(self) -> None:
-        """Refine the buffered softmax maps with the CRF (in parallel) and count the results."""
-        if not self._crf_buffer:
-            return
-        names, rgbs, probs, masks = zip(*self._crf_buffer, strict=True)
-        refined = refine_many(self.crf, list(rgbs), list(probs), num_workers=self.crf_workers)
-        for name, q, mask in zip(names, refined, masks, strict=True):
-            pred = torch.as_tensor(np.asarray(q)).argmax(0).to(mask.device)
+    def _count_crf(self, refined: list[tuple]) -> None:
+        """Count refined maps (in any order) into the CRF confusion matrix."""
+        for key, q in refined:
+            name, mask = key[1], self._crf_masks.pop(key)
+            q = q if isinstance(q, torch.Tensor) else torch.from_numpy(q)
+            pred = q.argmax(0).to(mask.device)
             self.confusion_crf.update(pred[None], mask[None])
             if name in self.samples:
                 self.samples[name]["crf"] = _np(pred)
-        self._crf_buffer = []
+
+    def _flush_crf(self) -> None:
+        """Wait for the CRF to finish every queued image and count the results."""
+        if self._crf_queue is not None:
+            queue, self._crf_queue = self._crf_queue, None
+            self._count_crf(queue.drain())
 
     def on_validation_epoch_end(self) -> None:
         self._flush_crf()

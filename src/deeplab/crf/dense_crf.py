@@ -2,7 +2,7 @@
 
 Two backends share one set of parameters: `pydensecrf` (the C++ reference, CPU) and `torch`
 (the same lattice and mean field in PyTorch, on CPU or GPU, batched; matches the reference to
-float precision).
+float rounding).
 """
 
 import numpy as np
@@ -10,15 +10,22 @@ import torch
 
 from deeplab.crf import pydensecrf_backend
 from deeplab.crf.meanfield import mean_field
+from deeplab.errors import UserError
 
 BACKENDS = ("pydensecrf", "torch")
+# What the class maps are: softmax probabilities (unary -log p, clipped at 1e-5 as pydensecrf's
+# unary_from_softmax does) or raw scores / logits (unary -score, as DeepLab's dense_inference).
+KINDS = ("probs", "logits")
+PROBS_SUM_TOLERANCE = 1e-3  # float16 softmax outputs sum to 1 within ~1e-3
 
 
 class DenseCRF:
     """Fully connected CRF with a Gaussian (smoothness) and a bilateral (appearance) kernel.
 
     crf(image uint8 (H, W, 3) RGB, probs float (C, H, W) softmax) -> refined probs, as the same
-    type (numpy array or torch tensor), dtype and device as `probs`.
+    type (numpy array or torch tensor), dtype and device as `probs`. Raw scores go in by name:
+    crf(image, scores, kind="logits") takes unary = -score with no clip, exactly what DeepLab's
+    released C++ reads (the per-pixel log-sum-exp that separates it from -log softmax cancels).
     """
 
     def __init__(
@@ -75,18 +82,21 @@ class DenseCRF:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
         return f"DenseCRF({args}, backend={self.backend!r})"
 
-    def __call__(self, image, probs):
-        return self.refine_batch([image], [probs])[0]
+    def __call__(self, image, probs, kind: str = "probs"):
+        return self.refine_batch([image], [probs], kind)[0]
 
-    def refine_batch(self, images: list, probs: list) -> list:
+    def refine_batch(self, images: list, probs: list, kind: str = "probs") -> list:
         """Refine several images; the torch backend runs them as one batch."""
         if len(images) != len(probs):
             raise ValueError(f"CRF got {len(images)} images but {len(probs)} probability maps")
         for i, (image, p) in enumerate(zip(images, probs, strict=True)):
-            check_inputs(image, p, where=f"item {i}")
+            check_inputs(image, p, where=f"item {i}", kind=kind)
         if self.backend == "pydensecrf":
             return [
-                _like(pydensecrf_backend.refine(_numpy_image(im), _numpy_probs(p), self.params), p)
+                _like(
+                    pydensecrf_backend.refine(_numpy_image(im), _numpy_probs(p), self.params, kind),
+                    p,
+                )
                 for im, p in zip(images, probs, strict=True)
             ]
         device = self._torch_device(probs[0])
@@ -101,6 +111,7 @@ class DenseCRF:
                 self.bi_xy_std,
                 self.bi_rgb_std,
                 self.normalization,
+                kind,
             )
         return [_like(q, p) for q, p in zip(out, probs, strict=True)]
 
@@ -112,37 +123,57 @@ class DenseCRF:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def check_inputs(image, probs, where: str = "input") -> None:
-    """Clear errors for the mistakes that would otherwise surface deep inside the C++ or lattice."""
+def check_inputs(image, probs, where: str = "input", kind: str = "probs") -> None:
+    """Clear errors for the mistakes that would otherwise surface deep inside the C++ or lattice,
+    or pass silently: NaN / inf spread through the whole image, and a map that is not a softmax
+    (logits, or the wrong axis normalised) gives a meaningless unary."""
+    if kind not in KINDS:
+        raise UserError(f"CRF kind={kind!r}: choose one of {KINDS} (what the class maps hold)")
     for name, x in (("image", image), ("probs", probs)):
         if not isinstance(x, np.ndarray | torch.Tensor):
             raise TypeError(
                 f"CRF {where}: {name} must be a numpy array or torch tensor, got {type(x)}"
             )
     if tuple(image.shape[2:]) != (3,) or image.ndim != 3:
-        raise ValueError(
-            f"CRF {where}: image must be (H, W, 3) RGB, got shape {tuple(image.shape)}"
-        )
+        raise UserError(f"CRF {where}: image must be (H, W, 3) RGB, got shape {tuple(image.shape)}")
     if str(image.dtype) not in ("uint8", "torch.uint8"):
-        raise ValueError(
+        raise UserError(
             f"CRF {where}: image must be uint8 RGB (0-255), got {image.dtype}; "
             "use deeplab.data.transforms.denormalize to undo the network's normalization"
         )
     if probs.ndim != 3 or probs.shape[0] < 2:
-        raise ValueError(
-            f"CRF {where}: probs must be (C, H, W) with C >= 2, got {tuple(probs.shape)}"
+        raise UserError(
+            f"CRF {where}: {kind} must be (C, H, W) with C >= 2, got {tuple(probs.shape)}"
         )
     if tuple(probs.shape[1:]) != tuple(image.shape[:2]):
-        raise ValueError(
-            f"CRF {where}: probs {tuple(probs.shape)} and image {tuple(image.shape)} differ "
+        raise UserError(
+            f"CRF {where}: {kind} {tuple(probs.shape)} and image {tuple(image.shape)} differ "
             "in size; upsample the scores to the image size first"
         )
     floating = (
         probs.is_floating_point() if isinstance(probs, torch.Tensor) else probs.dtype.kind == "f"
     )
     if not floating:
-        raise ValueError(
-            f"CRF {where}: probs must be floating-point softmax outputs, got {probs.dtype}"
+        raise UserError(
+            f"CRF {where}: {kind} must be floating-point (softmax outputs or logits), "
+            f"got {probs.dtype}"
+        )
+    finite = torch.isfinite(probs) if isinstance(probs, torch.Tensor) else np.isfinite(probs)
+    if not bool(finite.all()):
+        raise UserError(
+            f"CRF {where}: {kind} contain NaN or inf ({int((~finite).sum())} values); "
+            "the network output is broken: check the checkpoint and the input image"
+        )
+    if kind == "logits":
+        return
+    sums = probs.sum(0, dtype=torch.float32 if isinstance(probs, torch.Tensor) else np.float32)
+    if float(abs(sums - 1).max()) > PROBS_SUM_TOLERANCE or float(probs.min()) < 0:
+        raise UserError(
+            f"CRF {where}: probs must be softmax probabilities over the class axis (dim 0): "
+            f"non-negative and summing to 1 within {PROBS_SUM_TOLERANCE}, but the sums are "
+            f"{float(sums.min()):.4g}..{float(sums.max()):.4g} and the minimum is "
+            f"{float(probs.min()):.4g}. Apply softmax over dim 0 first, or pass raw scores as "
+            'crf(image, scores, kind="logits")'
         )
 
 

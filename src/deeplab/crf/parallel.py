@@ -20,22 +20,25 @@ def refine_many(
     probs: list,
     num_workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    kind: str = "probs",
 ) -> list:
     """Refine every (image, probs) pair; results come back in order, typed like each `probs`.
 
     pydensecrf: `num_workers` processes (None or 0: all cores; 1: in this process). torch: images
     are grouped into batches of about BATCH_PIXELS pixels (any sizes mix; no padding needed) and
     `num_workers` is unused. `progress(n)` is called as each n more images are done (e.g.
-    `deeplab.progress.Progress.advance`)."""
+    `deeplab.progress.Progress.advance`). `kind`: "probs" or "logits", as for
+    `DenseCRF.__call__`."""
     progress = progress or (lambda n: None)
     if len(images) != len(probs):
         raise ValueError(f"refine_many got {len(images)} images but {len(probs)} probability maps")
     if crf.backend == "torch":
-        return _torch_batches(crf, images, probs, progress)
+        return _torch_batches(crf, images, probs, kind, progress)
     for i, (image, p) in enumerate(zip(images, probs, strict=True)):
-        check_inputs(image, p, where=f"item {i}")
+        check_inputs(image, p, where=f"item {i}", kind=kind)
     jobs = [
-        (_numpy_image(im), _numpy_probs(p), crf.params) for im, p in zip(images, probs, strict=True)
+        (_numpy_image(im), _numpy_probs(p), crf.params, kind)
+        for im, p in zip(images, probs, strict=True)
     ]
     workers = min(num_workers or os.cpu_count() or 1, len(jobs))
     if workers <= 1:
@@ -64,7 +67,7 @@ def _counted(items: Iterable, progress: Callable[[int], None]) -> Iterator:
         yield item
 
 
-def _torch_batches(crf: DenseCRF, images: list, probs: list, progress) -> list:
+def _torch_batches(crf: DenseCRF, images: list, probs: list, kind: str, progress) -> list:
     out, start = [], 0
     while start < len(images):
         stop, pixels = start, 0
@@ -73,7 +76,7 @@ def _torch_batches(crf: DenseCRF, images: list, probs: list, progress) -> list:
         ):
             pixels += _pixels(probs[stop])
             stop += 1
-        out += crf.refine_batch(images[start:stop], probs[start:stop])
+        out += crf.refine_batch(images[start:stop], probs[start:stop], kind)
         progress(stop - start)
         start = stop
     return out

@@ -13,15 +13,17 @@ NORMALIZATIONS = {
 }
 
 
-def refine(image: np.ndarray, probs: np.ndarray, params: dict) -> np.ndarray:
+def refine(image: np.ndarray, probs: np.ndarray, params: dict, kind: str = "probs") -> np.ndarray:
     """image uint8 (H, W, 3), probs float32 (C, H, W) -> probs float32 (C, H, W).
 
     `params`: iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization. The
-    smoothness kernel is added before the appearance kernel, as in DeepLab's dense_inference."""
+    smoothness kernel is added before the appearance kernel, as in DeepLab's dense_inference.
+    `kind`: "probs" (unary -log p, clipped at 1e-5) or "logits" (unary -score, DeepLab's)."""
     c, h, w = probs.shape
     norm = NORMALIZATIONS[params["normalization"]]
     crf = dcrf.DenseCRF2D(w, h, c)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    unary = -probs.reshape(c, -1) if kind == "logits" else unary_from_softmax(probs)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params["pos_xy_std"], compat=params["pos_w"], normalization=norm)
     crf.addPairwiseBilateral(
         sxy=params["bi_xy_std"],
@@ -34,5 +36,5 @@ def refine(image: np.ndarray, probs: np.ndarray, params: dict) -> np.ndarray:
 
 
 def refine_star(args: tuple) -> np.ndarray:
-    """`refine(*args)` for Pool.imap."""
+    """`refine(*args)` for the process pool's map."""
     return refine(*args)
