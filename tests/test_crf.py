@@ -302,7 +302,7 @@ def test_refine_queue_returns_what_refine_many_does(backend, workers, chunk):
     for i, (image, probs) in enumerate(cases):
         got.update(queue.put(i, image, np.log(probs)))
     got.update(queue.drain())
-    want = refine_many(crf, [c[0] for c in cases], [np.log(c[1]) for c in cases], 1, "logits")
+    want = refine_many(crf, [c[0] for c in cases], [np.log(c[1]) for c in cases], 1, kind="logits")
     assert sorted(got) == list(range(len(cases)))
     for i, w in enumerate(want):
         np.testing.assert_allclose(got[i], w, atol=1e-6)

@@ -80,5 +80,5 @@ class RefineQueue:
             return []
         keys, images, scores = zip(*self._buffer, strict=True)
         self._buffer = []
-        refined = refine_many(self.crf, list(images), list(scores), self.workers, self.kind)
+        refined = refine_many(self.crf, list(images), list(scores), self.workers, kind=self.kind)
         return list(zip(keys, refined, strict=True))
