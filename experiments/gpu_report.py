@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 from deeplab import speed
 from deeplab.config import compose
 from deeplab.data.transforms import normalize
-from deeplab.inference import probabilities, wrap
+from deeplab.inference import resize, wrap
 from deeplab.losses import segmentation_loss
 from deeplab.optim import build_optimizer
 from deeplab.tables.paper import SPEED, TABLE1
@@ -281,9 +281,9 @@ def _compose(name: str, groups: tuple[str, ...]):
     return compose(name, list(groups))
 
 
-def refine_batch(crf, images: list, probs: list) -> list:
+def refine_batch(crf, images: list, maps: list, kind: str = "probs") -> list:
     """The CRF's batched entry point: one place to change if deeplab.crf renames it."""
-    return crf.refine_batch(images, probs)
+    return crf.refine_batch(images, maps, kind)
 
 
 def crf_stage(run: Run) -> None:
@@ -490,7 +490,8 @@ def eval_stage(run: Run) -> None:
 
 
 def eval_row(run: Run, image: np.ndarray, overrides: list[str], nets: dict) -> dict:
-    """Images/s of evaluate.py's per-image work: wrapped network, softmax at full size, CRF."""
+    """Images/s of evaluate.py's per-image work: wrapped network, scores at full size, CRF (on
+    the float32 upsampled scores, DeepLab's unary, as validation feeds it)."""
     if EVAL_CRF in overrides:
         overrides = [*overrides, "crf.backend=torch", f"crf.device={run.device}"]
     cfg = run.config("evaluate", RESNET + overrides)
@@ -503,10 +504,11 @@ def eval_row(run: Run, image: np.ndarray, overrides: list[str], nets: dict) -> d
 
     def predict() -> torch.Tensor:
         with autocast(run, cfg):
-            probs = probabilities(net, x, image.shape[:2])[0].float()
+            logits = net(x)
+        logits = resize(logits.float(), image.shape[:2])[0]
         if crf is not None:
-            probs = refine_batch(crf, [image_t], [probs])[0]
-        return probs.argmax(0)
+            return refine_batch(crf, [image_t], [logits], "logits")[0].argmax(0)
+        return logits.argmax(0)
 
     run.reset_peak()
     seconds = run.timed(predict)
