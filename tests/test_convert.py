@@ -180,6 +180,7 @@ def _no_weights():
     ("content", "message"),
     [
         (b"not a caffemodel at all \xff\xfe", "not a readable .caffemodel"),
+        (b'name: "DeepLab"\nlayer {\n  name: "data"\n}\n', "text network definition"),
         ("truncated", "truncated"),
         (_no_weights, "holds no layer with weights"),
         (_unknown_layer, "could not place 1 layer(s): extra_conv (4, 4, 1, 1)"),

@@ -39,6 +39,14 @@ def _v1_type(number: int) -> str:
     return _V1_AS_NEW.get(name, name)
 
 
+def _looks_like_prototxt(data: bytes) -> bool:
+    """Protobuf text format, as Caffe's .prototxt / solver files are written."""
+    head = data[:4096].decode("utf-8", errors="replace")
+    return "\ufffd" not in head and any(
+        word in head for word in ("layer {", "layers {", "name:", "input:", "base_lr:")
+    )
+
+
 def read_caffemodel(path: str | Path) -> list[Layer]:
     """The layers of `path` in file order (those without weights too: their names tell MSC).
 
@@ -48,10 +56,15 @@ def read_caffemodel(path: str | Path) -> list[Layer]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingFileError(f"{path}: no such file; give the path of a .caffemodel")
-    net = NetParameter()
+    net, data = NetParameter(), path.read_bytes()
     try:
-        net.ParseFromString(path.read_bytes())
+        net.ParseFromString(data)
     except DecodeError as err:
+        if _looks_like_prototxt(data):
+            raise UserError(
+                f"{path} is a text network definition (.prototxt), which holds no weights: give "
+                "the binary .caffemodel that was released beside it"
+            ) from err
         raise UserError(
             f"{path} is not a readable .caffemodel ({err}): the file is truncated or not a Caffe "
             "NetParameter; download it again"
