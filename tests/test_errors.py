@@ -67,6 +67,8 @@ BAD_VALUES = [
     ("train", "model.msc_scales=[]"),
     ("train", "schedule.power=0"),
     ("train", "val_samples=-1"),
+    ("train", "seed=-1"),
+    ("train", "speed.atrous_mode=fast"),
     ("train", "crf=deeplab_vgg16 crf.iterations=-1"),
     ("train", "crf=deeplab_vgg16 crf.bi_xy_std=0"),
     ("train", "crf=deeplab_vgg16 crf.backend=cuda"),

@@ -204,7 +204,15 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("tta.overlap", fraction, "a fraction in [0, 1), e.g. tta.overlap=0.333"),
     ("val_samples", non_negative_int, "an integer >= 0, e.g. val_samples=4"),
     ("crf_workers", positive_int, "a process count >= 1, e.g. crf_workers=2"),
-    ("seed", _int, "an integer, e.g. seed=0"),
+    # Lightning replaces a seed outside 0..2**32-1 by 0 with a warning: say so instead.
+    ("seed", lambda v: _int(v) and 0 <= v < 2**32, "an integer in [0, 2**32), e.g. seed=0"),
+    (
+        "speed.atrous_mode",
+        one_of("auto", "dilation", "space_to_batch"),
+        "auto, dilation or space_to_batch, e.g. speed.atrous_mode=auto",
+    ),
+    ("speed.channels_last", one_of(True, False), "true or false"),
+    ("speed.compile", one_of(True, False), "true or false"),
     ("limit", optional(positive_int), "null (all) or an integer >= 1, e.g. limit=100"),
     (
         "num_workers",
