@@ -22,7 +22,7 @@ from conftest import REPO
 from deeplab import run_lock
 from deeplab.config import compose
 from deeplab.errors import UserError
-from deeplab.pipeline import train
+from deeplab.pipeline import evaluate, train
 
 # 8 train images, batch 2: four steps per epoch, two epochs, a last.ckpt after each.
 SMOKE = [
@@ -193,3 +193,21 @@ def test_a_launchers_requeue_handler_runs_after_the_checkpoint(tmp_path, uninter
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert stopped.value.code == -1 and steps_saved == [5]
+
+
+class SigtermInValidation(pl.Callback):
+    def on_validation_batch_end(self, *args) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_an_evaluation_stopped_by_sigterm_exits_143_without_metrics(tmp_path, uninterrupted):
+    """Lightning ends a stopped validation with status 0: a scheduler would count it as done."""
+    reference, data = uninterrupted
+    ckpt = f"ckpt_path={reference / 'checkpoints' / 'last.ckpt'}"
+    data_set = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=2"]
+    cfg = compose("evaluate", [*data_set, data, ckpt])
+    with pytest.raises(SystemExit) as stopped:
+        evaluate(cfg, tmp_path, callbacks=[SigtermInValidation()])
+    assert stopped.value.code == 143
+    assert not (tmp_path / "metrics.json").exists()

@@ -65,6 +65,18 @@ class SaveOnSigterm(pl.Callback):
 
 
 @contextmanager
+def exit_143_on_sigterm(what: str):
+    """For runs with nothing to resume (evaluation): Lightning's SIGTERMException would end them
+    with status 0 and no metrics.json, so a scheduler would count the job as done."""
+    try:
+        yield
+    except SIGTERMException:
+        print(f"Stopped by SIGTERM: {what} did not finish; run the same command again.",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise SystemExit(EXIT_SIGTERM) from None
+
+
+@contextmanager
 def exit_on_sigterm(trainer: pl.Trainer, stop: SaveOnSigterm):
     """Turn Lightning's SIGTERMException into exit status 143 with a message on how to resume,
     and hold back a launcher's requeue handler (submitit's) until the checkpoint is written."""

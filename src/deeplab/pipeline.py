@@ -21,7 +21,7 @@ from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError, UserError
 from deeplab.images import read_rgb
 from deeplab.inference import probabilities, wrap
-from deeplab.interrupt import SaveOnSigterm, exit_on_sigterm, resume_from
+from deeplab.interrupt import SaveOnSigterm, exit_143_on_sigterm, exit_on_sigterm, resume_from
 from deeplab.loggers import build_loggers
 from deeplab.module import SegmentationModule
 from deeplab.progress import track
@@ -173,7 +173,7 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
     fig.savefig(run_dir / "figure.png", dpi=100)
 
 
-def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
+def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
     check_config(cfg)
     run_dir = Path(run_dir)
@@ -182,9 +182,13 @@ def evaluate(cfg: DictConfig, run_dir: str | Path) -> dict:
     net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=False, callbacks=[ProgressBar()], default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=False,
+        callbacks=[*(callbacks or []), ProgressBar()],
+        default_root_dir=str(run_dir),
     )
-    metrics = validate(trainer, module, datamodule)
+    with exit_143_on_sigterm("the evaluation"):
+        metrics = validate(trainer, module, datamodule)
     metrics["checkpoint"] = str(cfg.ckpt_path)
     finish(trainer, module, datamodule, metrics, run_dir)
     return metrics
