@@ -2,10 +2,12 @@
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 from hydra.errors import MissingConfigException
 
+from deeplab.callbacks import ProgressBar
 from deeplab.config import compose
 from deeplab.pipeline import evaluate, train
 
@@ -60,9 +62,11 @@ def test_demo_recipe_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     metrics = train(cfg, tmp_path / "run")
     assert {"val/mIoU", "val_crf/mIoU"} <= metrics.keys()
     assert (tmp_path / "run" / "figure.png").is_file()
-    printed = capsys.readouterr().out
-    assert "val_crf" in printed and "IoU diamond" in printed  # the final table
-    assert "Epoch 0" in printed and "/-2" not in printed  # max_steps runs: no epoch total
+    printed = capsys.readouterr()
+    assert "val_crf" in printed.out and "IoU diamond" in printed.out  # the final table
+    # Not a terminal: plain progress lines (deeplab.progress), no control characters.
+    assert "training: 4/4 steps (100%)" in printed.err and "loss " in printed.err
+    assert "validation: " in printed.err and "\x1b" not in printed.err
 
     # Evaluating it with evaluate.py's defaults fails twice, each time naming the overrides that
     # fix it (network, then input normalization); with them it scores as the training run did.
@@ -108,3 +112,10 @@ def test_unknown_config_names_list_the_valid_ones():
     assert "largefov" in str(error.value) and "aspp_l" in str(error.value)
     with pytest.raises(MissingConfigException, match="smoke"):
         compose("train", ["debug=smok"])
+
+
+def test_the_live_bar_names_the_epoch_without_a_total():
+    """max_steps runs have no epoch limit: Lightning <= 2.6.6 printed "Epoch 5/-2" (#21925)."""
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1)
+    assert bar._get_train_description(5).strip() == "Epoch 5"

@@ -1,14 +1,18 @@
 """Training callbacks: per-epoch reseeding (exact resume), throughput, val mask overlays, and
-the progress bar."""
+the progress display (a live bar in a terminal, plain lines in logs)."""
 
+import math
 import random
+import sys
 import time
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks.progress import ProgressBar as ProgressBarBase
 
+from deeplab.progress import Progress
 from deeplab.visuals import side_by_side
 
 
@@ -24,6 +28,65 @@ class ProgressBar(RichProgressBar):
         if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
             return f"Epoch {current_epoch}".ljust(len(self.validation_description))
         return super()._get_train_description(current_epoch)
+
+
+class LogProgress(ProgressBarBase):
+    """Training and validation progress for logs (SLURM, CI, a pipe), in `deeplab.progress`'s
+    plain-line form: steps done / max_steps, rate, time left and the loss, every 10 % or
+    `interval` seconds. A live bar there would only print when an epoch ends, or fill the log
+    with control characters."""
+
+    def __init__(self, interval: float = 30.0):
+        super().__init__()
+        self.interval, self.enabled = interval, True
+        self._train: Progress | None = None
+        self._val: Progress | None = None
+
+    def disable(self) -> None:  # Lightning disables the bar on ranks other than 0
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def _open(self, description: str, total, unit: str, completed: float = 0) -> Progress | None:
+        if not self.enabled:
+            return None
+        total = total if total and math.isfinite(total) and total > 0 else None
+        return Progress(description, total, unit, completed, self.interval).__enter__()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module) -> None:
+        total = trainer.max_steps if trainer.max_steps > 0 else None
+        self._train = self._open("training", total, "steps", trainer.global_step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, idx) -> None:
+        if self._train is None or trainer.global_step <= self._train.completed:
+            return  # accumulating gradients: no optimizer step yet
+        loss = trainer.callback_metrics.get("train/loss")
+        info = f"loss {float(loss):.4f}" if loss is not None else None
+        self._train.advance(trainer.global_step - self._train.completed, info)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._train is not None:
+            self._train.__exit__(None, None, None)
+            self._train = None
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._val = self._open("validation", self.total_val_batches, "batches")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module, *args) -> None:
+        if self._val is not None:
+            self._val.advance()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._val is not None:
+            self._val.__exit__(None, None, None)
+            self._val = None
+
+
+def progress_bar() -> ProgressBarBase:
+    """Lightning's rich bar when its output (stdout) is a terminal, plain lines otherwise."""
+    return ProgressBar() if sys.stdout.isatty() else LogProgress()
 
 
 class EpochSeed(pl.Callback):

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab import conventions, speed, visuals
-from deeplab.callbacks import EpochSeed, ProgressBar, Throughput, ValOverlays, log_images
+from deeplab.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
 from deeplab.checkpoint import check_readable, load_network
 from deeplab.data.transforms import normalize
 from deeplab.errors import MissingFileError, UserError
@@ -92,7 +92,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
             EpochSeed(cfg.seed),
             throughput,
             ValOverlays(datamodule.palette),
-            ProgressBar(),
+            progress_bar(),
         ]
         + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
     )
@@ -184,7 +184,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=False,
-        callbacks=[*(callbacks or []), ProgressBar()],
+        callbacks=[*(callbacks or []), progress_bar()],
         default_root_dir=str(run_dir),
     )
     with exit_143_on_sigterm("the evaluation"):
