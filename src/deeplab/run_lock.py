@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from deeplab.cli import EXIT_USER_ERROR
 from deeplab.errors import UserError
 
 OWNER_FILE = ".owner"
@@ -104,7 +105,8 @@ def release(path: Path) -> None:
 
 class RunLock(Callback):
     """Hydra callback: lock the run folder (or the sweep folder and each job's) before Hydra
-    writes `.hydra/` or the job writes anything, else exit with status 1 and the message;
+    writes `.hydra/` or the job writes anything, else print the message and exit 2 (as every
+    user error, deeplab.cli);
     release it at the end."""
 
     def __init__(self) -> None:
@@ -117,7 +119,8 @@ class RunLock(Callback):
             self._held.append(acquire(str(run_dir)))
         except UserError as error:
             # Hydra turns a callback's exceptions into warnings and goes on: stop here instead
-            sys.exit(f"{type(error).__name__}: {error}")
+            print(f"Error: {error}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
 
     def _drop(self) -> None:
         if self._held:
