@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from deeplab.crf.permutohedral import Lattice, _crow, _csr
+from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 
@@ -35,7 +36,7 @@ class Kernel:
 def make_kernel(features: list[torch.Tensor], weight: float, normalization: str) -> Kernel:
     """Build the lattice once and the normalisation from filtering a vector of ones."""
     lattice = Lattice.build(features)
-    norm = lattice.filter_scalar(features[0].new_ones(lattice.offsets.shape[0])).double()
+    norm = lattice.filter_scalar(features[0].new_ones(lattice.weights.shape[1])).double()
     if normalization == "symmetric":
         scale = (1.0 / torch.sqrt(norm + 1e-20)).float()
         return Kernel(lattice, weight, scale, scale)
@@ -46,63 +47,82 @@ def make_kernel(features: list[torch.Tensor], weight: float, normalization: str)
 @dataclass
 class Filters:
     """All kernels as one operator over a stacked lattice array: row 0 is the shared empty row,
-    then each kernel's lattice points. `splat` (R, P) and `slice` (P, R) are CSR matrices with
-    the normalisation, alpha and weight folded in; `blur_steps` (first row, neighbour rows
-    (2 n,)) blur the rows from `first row` on along one axis, the kernels that have that axis
-    (lower-dimensional kernels come first, so those rows are contiguous)."""
+    then each kernel's lattice points. Splat, blur and slice are weighted row sums, done by
+    `embedding_bag` (faster than sparse matrix products on CPU, and the same sums in the same
+    order). Splat: lattice row i sums the points `splat_index[splat_offsets[i]:...]` times
+    `splat_weight`; slice: point p sums the rows `slice_index[p]` (P, vertices of all kernels)
+    times `slice_weight`; the normalisation, alpha and weights are folded into the weights.
+    `blur_steps` (first row, neighbour rows (n, 2)) blur the rows from `first row` on along one
+    axis, the kernels that have that axis (lower-dimensional kernels come first, so those rows
+    are contiguous)."""
 
-    splat: torch.Tensor
-    slice: torch.Tensor
+    splat_offsets: torch.Tensor
+    splat_index: torch.Tensor
+    splat_weight: torch.Tensor
+    slice_index: torch.Tensor
+    slice_weight: torch.Tensor
     blur_steps: list[tuple[int, torch.Tensor]]
 
     @classmethod
     def build(cls, kernels: list[Kernel]) -> "Filters":
-        kernels = sorted(kernels, key=lambda k: k.lattice.weights.shape[1])
-        points = kernels[0].lattice.offsets.shape[0]
+        kernels = sorted(kernels, key=lambda k: k.lattice.weights.shape[0])
         bases, rows = [], 1
         for k in kernels:
             bases.append(rows - 1)  # local row r >= 1 -> base + r; local 0 (absent) -> 0
             rows += k.lattice.size - 1
+        points = kernels[0].lattice.weights.shape[1]
+        index = torch.int32 if max(rows, points * 3 * len(kernels)) < 2**31 else torch.int64
 
-        def rows_of(local: torch.Tensor, base: int) -> torch.Tensor:
-            return torch.where(local > 0, local + base, 0)
-
-        counts, cols, values = [kernels[0].lattice.splat_counts.new_zeros(1)], [], []
+        # Bag starts: an exclusive cumulative sum of the entries per row (row 0 has none).
+        counts, cols, values = [kernels[0].lattice.splat_counts.new_zeros(2)], [], []
         for k in kernels:
-            c, col, value = k.lattice.splat(k.before)
-            counts.append(c[1:])
-            cols.append(col)
+            lattice, value = k.lattice, k.lattice.splat_value
+            if k.before is not None:
+                value = value * k.before[lattice.splat_col]
+            counts.append(lattice.splat_counts[1:])
+            cols.append(lattice.splat_col)
             values.append(value)
-        splat = _csr(_crow(torch.cat(counts)), torch.cat(cols), torch.cat(values), (rows, points))
+        offsets = torch.cat(counts).cumsum(0, dtype=index)[:-1]
 
-        slice_cols, slice_values = [], []
+        slice_index, slice_weight = [], []
         for k, base in zip(kernels, bases, strict=True):
             w = k.lattice.weights * k.lattice.alpha  # densecrf's many-channel slice weight
             if k.after is not None:
-                w = w * k.after[:, None]
-            slice_cols.append(rows_of(k.lattice.offsets, base))
-            slice_values.append(w * k.weight)
-        cols = torch.cat(slice_cols, 1)
-        per_point = cols.shape[1]
-        crow = torch.arange(0, points * per_point + 1, per_point, device=cols.device)
-        slice_ = _csr(
-            crow, cols.reshape(-1), torch.cat(slice_values, 1).reshape(-1), (points, rows)
-        )
+                w = w * k.after
+            slice_index.append(k.lattice.vertices.to(index) + base)  # a vertex always exists
+            slice_weight.append(w * k.weight)
+
+        def rows_of(local: torch.Tensor, base: int) -> torch.Tensor:
+            return torch.where(local > 0, local + base, 0).to(index)
 
         steps = []
-        for axis in range(kernels[-1].lattice.weights.shape[1]):
+        for axis in range(kernels[-1].lattice.weights.shape[0]):
             having = [(k, b) for k, b in zip(kernels, bases, strict=True)
-                      if axis < k.lattice.weights.shape[1]]  # fmt: skip
+                      if axis < k.lattice.weights.shape[0]]  # fmt: skip
             pairs = torch.cat([rows_of(k.lattice.neighbors[axis], b) for k, b in having], 1)
-            steps.append((having[0][1] + 1, pairs.reshape(-1)))
-        return cls(splat, slice_, steps)
+            steps.append((having[0][1] + 1, pairs.T.contiguous()))
+        return cls(
+            splat_offsets=offsets,
+            splat_index=torch.cat(cols).to(index),
+            splat_weight=torch.cat(values),
+            slice_index=torch.cat(slice_index).T.contiguous(),
+            slice_weight=torch.cat(slice_weight).T.contiguous(),
+            blur_steps=steps,
+        )
 
-    def blur(self, lattice: torch.Tensor, buffer: torch.Tensor) -> None:
-        """In place, axis after axis: new = old + (n1 + n2) / 2 (one gather per axis)."""
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        """sum_k w_k normalised K_k q for q (P, C): splat, blur, slice."""
+        weight = self.splat_weight
+        lattice = F.embedding_bag(
+            self.splat_index, q, self.splat_offsets, mode="sum", per_sample_weights=weight
+        )
+        # The blur, in place axis after axis: new = old + (n1 + n2) / 2.
         for first, pairs in self.blur_steps:
-            n = pairs.numel() // 2
-            side = torch.index_select(lattice, 0, pairs, out=buffer[: 2 * n])
-            lattice[first : first + n].add_(side[:n].add_(side[n:]), alpha=0.5)
+            side = F.embedding_bag(pairs, lattice, mode="sum")
+            lattice[first : first + pairs.shape[0]].add_(side, alpha=0.5)
+        return F.embedding_bag(
+            self.slice_index, lattice, mode="sum", per_sample_weights=self.slice_weight
+        )
 
 
 def smoothness_kernel(
@@ -169,10 +189,6 @@ def mean_field(
                 make_kernel(bilateral, float(np.float32(bi_w)), normalization),
             ]
         )
-        longest = max(pairs.numel() for _, pairs in filters.blur_steps)
-        buffer = q.new_empty(longest, q.shape[1])
         for _ in range(iterations):
-            lattice = filters.splat @ q
-            filters.blur(lattice, buffer)
-            q = torch.softmax(torch.addmm(neg_unary, filters.slice, lattice), 1)
+            q = torch.softmax(filters(q).add_(neg_unary), 1)
     return [part.T.reshape(p.shape) for part, p in zip(torch.split(q, sizes), probs, strict=True)]
