@@ -63,18 +63,22 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     diff = elevated - rounded * up
 
     # Rank of each coordinate of diff, with densecrf's tie rule: for i < j the pair counts toward
-    # i when diff_i < diff_j, otherwise toward j. All pairs at once: rank_i starts at i (the
-    # pairs with j < i) and each pair where i is lower moves one count from j to i.
-    first, second = torch.triu_indices(d1, d1, 1, device=features.device)
-    i_lower = (diff[first] < diff[second]).to(torch.int64)
-    rank = torch.arange(d1, device=features.device)[:, None].expand(d1, n).contiguous()
-    rank.index_add_(0, first, i_lower).index_add_(0, second, i_lower, alpha=-1)
+    # i when diff_i < diff_j, otherwise toward j. So rank_i starts at i (the pairs with j < i)
+    # and each pair where i is lower moves one count from j to i. In int8: a quarter the memory
+    # traffic of int64 in these 45 passes.
+    rank = torch.arange(d1, dtype=torch.int8, device=features.device)[:, None].repeat(1, n)
+    for i in range(d):
+        for j in range(i + 1, d1):
+            i_lower = torch.lt(diff[i], diff[j]).view(torch.int8)
+            rank[i] += i_lower
+            rank[j] -= i_lower
 
     # Bring the point back onto the plane when the rounded sum is not 0.
-    rank += rounded.sum(0).to(torch.int64)
-    wrap = (rank < 0).to(torch.int64) - (rank > d).to(torch.int64)
+    rank += rounded.sum(0).to(torch.int8)
+    wrap = (rank < 0).view(torch.int8) - (rank > d).view(torch.int8)
     rank += d1 * wrap
     rounded += wrap
+    rank = rank.long()
 
     # Barycentric weights: b[d - rank_i] += v_i, b[d - rank_i + 1] -= v_i, then wrap around.
     v = (elevated - rounded * up) * down
@@ -85,13 +89,13 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return rounded, rank, bary
 
 
-def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
+def _vertex_codes(rounded, rank, lo, strides, first_code, span) -> torch.Tensor:
     """Packed key of each point's d+1 vertices (d+1, P), in the dtype of `strides`.
 
     Vertex r's key is rem0 + r - (d+1) [rank > d - r] on every coordinate, so all its coordinates
-    are r modulo d+1: the key packs as r + (d+1) code(q) with q = rounded - [rank > d - r]. The
-    subtracted part of code(q) grows with r: a cumulative sum of the strides scattered at
-    d+1-rank."""
+    are r modulo d+1: the key packs as r span + code(q) with q = rounded - [rank > d - r] (code
+    below `span`), remainder first. The subtracted part of code(q) grows with r: a cumulative
+    sum of the strides scattered at d+1-rank."""
     d1, n = rank.shape
     d = d1 - 1
     dtype = strides.dtype
@@ -100,7 +104,7 @@ def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
     wrapped = base.new_zeros(d1 + 1, n)
     wrapped.scatter_add_(0, d1 - rank[:d], strides[:, None].expand(d, n))
     r = torch.arange(d1, dtype=dtype, device=rank.device)[:, None]
-    return r + d1 * (base - wrapped[:d1].cumsum(0, dtype=dtype))
+    return r * span + (base - wrapped[:d1].cumsum(0, dtype=dtype))
 
 
 @dataclass
@@ -146,7 +150,6 @@ class Lattice:
             real.append(mask)
         rounded, rank, bary = (torch.cat(x, 1) for x in zip(*parts, strict=True))
         batch, real = torch.cat(batch), torch.cat(real)
-        points = rank.shape[1]
 
         # Pack (image, key) into one integer, leaving room for the vertices (rounded - 1) and
         # their neighbour steps (+-1 more); int32 when it fits, which sorts twice as fast.
@@ -156,25 +159,31 @@ class Lattice:
         for k in reversed(range(d)):
             strides.insert(0, stride)
             stride *= int(radix[k])
-        span = d1 * stride * len(features)
-        if span >= 2**62:
+        span = stride * len(features)  # codes of q, all images
+        if d1 * span >= 2**62:
             raise UserError(
                 "CRF lattice keys overflow int64: a kernel's std (crf.*_std) is too small for "
                 "this image size; use larger pos_xy_std / bi_xy_std / bi_rgb_std."
             )
-        dtype = torch.int32 if span < 2**31 else torch.int64
+        dtype = torch.int32 if d1 * span < 2**31 else torch.int64
         strides_t = torch.tensor(strides, dtype=dtype, device=device)
-        codes = _vertex_codes(rounded, rank, lo.to(dtype), strides_t, (batch * stride).to(dtype))
-
-        # One stable sort numbers the lattice points (1..M, in code order) and gives the splat
-        # order: the entries of one lattice point share a remainder, so they keep point order.
-        sorted_codes, order = torch.sort(codes.reshape(-1), stable=True)
-        uniq, sorted_ids, counts = torch.unique_consecutive(
-            sorted_codes, return_inverse=True, return_counts=True
+        codes = _vertex_codes(
+            rounded, rank, lo.to(dtype), strides_t, (batch * stride).to(dtype), span
         )
-        vertices = torch.empty_like(order).scatter_(0, order, sorted_ids + 1).reshape(d1, -1)
-        col = order % points
-        value = bary.reshape(-1)[order]
+
+        # Stable sorts number the lattice points (1..M, in code order) and give the splat
+        # order. Remainder first, so one sort per remainder (faster than one sort of all) and
+        # the rows concatenated are sorted; the entries of a lattice point keep point order.
+        sorted_codes = torch.empty_like(codes)
+        col = torch.empty(codes.shape, dtype=torch.int64, device=device)
+        for r in range(d1):
+            torch.sort(codes[r], stable=True, out=(sorted_codes[r], col[r]))
+        uniq, sorted_ids, counts = torch.unique_consecutive(
+            sorted_codes.reshape(-1), return_inverse=True, return_counts=True
+        )
+        vertices = torch.empty_like(col).scatter_(1, col, sorted_ids.reshape(d1, -1) + 1)
+        value = torch.gather(bary, 1, col).reshape(-1)
+        col = col.reshape(-1)
         if bool(real.all()):
             splat_counts = torch.cat([counts.new_zeros(1), counts])
         else:  # drop the padding points' entries and renumber the points without them
@@ -184,13 +193,22 @@ class Lattice:
             splat_counts = torch.bincount(vertices.reshape(-1), minlength=uniq.numel() + 1)
 
         # Neighbours along axis j: every coordinate -1 except coordinate j +d (and the reverse):
-        # r - 1 with q the same, or from r = 0 to r = d with q - 1; then q_j + 1.
-        axis_step = d1 * torch.tensor(strides + [0], dtype=dtype, device=device)[:, None]
-        at_zero = (uniq % d1 == 0)[None]
-        target = uniq + torch.where(at_zero, axis_step + (d - d1 * sum(strides)), axis_step - 1)
-        target = target.reshape(-1)
+        # r - 1 with q the same, or from r = 0 to r = d with q - 1; then q_j + 1. Searched from
+        # remainder 1 on, then remainder 0, the targets come in ascending order, which makes
+        # the binary searches share their paths (twice as fast).
+        axis_step = torch.tensor(strides + [0], dtype=dtype, device=device)[:, None]
+        zeros = int(torch.searchsorted(uniq, span))  # lattice points with remainder 0
+        rolled = torch.cat(
+            [
+                uniq[zeros:] + (axis_step - span),
+                uniq[:zeros] + (axis_step + (d * span - sum(strides))),
+            ],
+            1,
+        )
+        target = rolled.reshape(-1)
         pos = torch.searchsorted(uniq, target).clamp_max(uniq.numel() - 1)
-        n1 = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
+        found = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
+        n1 = torch.cat([found[:, -zeros:], found[:, :-zeros]], 1) if zeros else found
         # The reverse step needs no search: y = n1(x) exactly when x = n2(y).
         n2 = torch.zeros_like(n1)
         axis, point = torch.nonzero(n1, as_tuple=True)
