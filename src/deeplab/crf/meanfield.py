@@ -46,15 +46,15 @@ def make_kernel(features: list[torch.Tensor], weight: float, normalization: str)
 
 @dataclass
 class Filters:
-    """All kernels as one operator over a stacked lattice array: row 0 is the shared empty row,
-    then each kernel's lattice points. Splat, blur and slice are weighted row sums, done by
-    `embedding_bag` (faster than sparse matrix products on CPU, and the same sums in the same
-    order). Splat: lattice row i sums the points `splat_index[splat_offsets[i]:...]` times
-    `splat_weight`; slice: point p sums the rows `slice_index[p]` (P, vertices of all kernels)
-    times `slice_weight`; the normalisation, alpha and weights are folded into the weights.
-    `blur_steps` (first row, neighbour rows (n, 2)) blur the rows from `first row` on along one
-    axis, the kernels that have that axis (lower-dimensional kernels come first, so those rows
-    are contiguous)."""
+    """All kernels as one operator over a stacked lattice array: each kernel's lattice rows
+    (its empty row 0, then its lattice points), lower-dimensional kernels first. Splat, blur
+    and slice are weighted row sums, done by `embedding_bag` (faster than sparse matrix
+    products on CPU, and the same sums in the same order). Splat: lattice row i sums the
+    points `splat_index[splat_offsets[i]:...]` times `splat_weight`; slice: point p sums the
+    rows `slice_index[p]` (P, vertices of all kernels) times `slice_weight`; the normalisation,
+    alpha and weights are folded into the weights. `blur_steps` (first row, neighbour rows
+    (n, 2)) blur the n rows from `first row` on along one axis: those of the kernels that have
+    that axis, which are contiguous."""
 
     splat_offsets: torch.Tensor
     splat_index: torch.Tensor
@@ -66,47 +66,53 @@ class Filters:
     @classmethod
     def build(cls, kernels: list[Kernel]) -> "Filters":
         kernels = sorted(kernels, key=lambda k: k.lattice.weights.shape[0])
-        bases, rows = [], 1
-        for k in kernels:
-            bases.append(rows - 1)  # local row r >= 1 -> base + r; local 0 (absent) -> 0
-            rows += k.lattice.size - 1
+        bases, rows = [], 0
+        for k in kernels:  # each kernel keeps its empty row 0, at its base
+            bases.append(rows)
+            rows += k.lattice.size
         points = kernels[0].lattice.weights.shape[1]
         index = torch.int32 if max(rows, points * 3 * len(kernels)) < 2**31 else torch.int64
 
         # Bag starts: an exclusive cumulative sum of the entries per row (row 0 has none).
-        counts, cols, values = [kernels[0].lattice.splat_counts.new_zeros(2)], [], []
+        counts, cols, values = [kernels[0].lattice.splat_counts.new_zeros(1)], [], []
         for k in kernels:
             lattice, value = k.lattice, k.lattice.splat_value
             if k.before is not None:
                 value = value * k.before[lattice.splat_col]
-            counts.append(lattice.splat_counts[1:])
+            counts.append(lattice.splat_counts)
             cols.append(lattice.splat_col)
             values.append(value)
         offsets = torch.cat(counts).cumsum(0, dtype=index)[:-1]
 
-        slice_index, slice_weight = [], []
+        # The slice, written straight into its (P, vertices of all kernels) layout.
+        per_point = sum(k.lattice.weights.shape[0] for k in kernels)
+        device = kernels[0].lattice.weights.device
+        slice_index = torch.empty(points, per_point, dtype=index, device=device)
+        slice_weight = torch.empty(points, per_point, device=device)
+        first = 0
         for k, base in zip(kernels, bases, strict=True):
+            last = first + k.lattice.weights.shape[0]
             w = k.lattice.weights * k.lattice.alpha  # densecrf's many-channel slice weight
             if k.after is not None:
-                w = w * k.after
-            slice_index.append(k.lattice.vertices.to(index) + base)  # a vertex always exists
-            slice_weight.append(w * k.weight)
+                w *= k.after
+            torch.mul(w.T, k.weight, out=slice_weight[:, first:last])
+            torch.add(k.lattice.vertices.T, base, out=slice_index[:, first:last])  # never absent
+            first = last
 
-        def rows_of(local: torch.Tensor, base: int) -> torch.Tensor:
-            return torch.where(local > 0, local + base, 0).to(index)
-
+        # Blur steps: the rows of the kernels that have the axis are contiguous (an empty row
+        # has neighbours 0 and stays zero).
         steps = []
         for axis in range(kernels[-1].lattice.weights.shape[0]):
             having = [(k, b) for k, b in zip(kernels, bases, strict=True)
                       if axis < k.lattice.weights.shape[0]]  # fmt: skip
-            pairs = torch.cat([rows_of(k.lattice.neighbors[axis], b) for k, b in having], 1)
-            steps.append((having[0][1] + 1, pairs.T.contiguous()))
+            pairs = torch.cat([(k.lattice.neighbors[axis] + b).to(index) for k, b in having])
+            steps.append((having[0][1], pairs))
         return cls(
             splat_offsets=offsets,
-            splat_index=torch.cat(cols).to(index),
+            splat_index=torch.cat([c.to(index) for c in cols]),
             splat_weight=torch.cat(values),
-            slice_index=torch.cat(slice_index).T.contiguous(),
-            slice_weight=torch.cat(slice_weight).T.contiguous(),
+            slice_index=slice_index,
+            slice_weight=slice_weight,
             blur_steps=steps,
         )
 

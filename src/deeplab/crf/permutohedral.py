@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from deeplab.errors import UserError
 
@@ -113,7 +114,7 @@ class Lattice:
     always-empty slot that absent neighbours point to).
 
     `vertices` (d+1, P): the lattice point of each point's vertex per remainder; `weights`
-    (d+1, P): its barycentric weight; `neighbors` (d+1, 2, M): blur neighbours per axis (0 where
+    (d+1, P): its barycentric weight; `neighbors` (d+1, M+1, 2): blur neighbours per axis (0 where
     absent); the splat as a sparse matrix (M+1, P): `splat_counts` (M+1,) entries per lattice
     point, then per entry its point `splat_col` and weight `splat_value`, sorted by lattice point
     and, within one, by point, the order densecrf accumulates them in."""
@@ -129,7 +130,7 @@ class Lattice:
     @property
     def size(self) -> int:
         """Rows of the lattice arrays: M lattice points plus the empty row 0."""
-        return self.neighbors.shape[2] + 1
+        return self.neighbors.shape[1]
 
     @classmethod
     def build(cls, features: list[torch.Tensor]) -> "Lattice":
@@ -150,6 +151,7 @@ class Lattice:
             real.append(mask)
         rounded, rank, bary = (torch.cat(x, 1) for x in zip(*parts, strict=True))
         batch, real = torch.cat(batch), torch.cat(real)
+        points = int(real.sum())
 
         # Pack (image, key) into one integer, leaving room for the vertices (rounded - 1) and
         # their neighbour steps (+-1 more); int32 when it fits, which sorts twice as fast.
@@ -209,26 +211,28 @@ class Lattice:
         pos = torch.searchsorted(uniq, target).clamp_max(uniq.numel() - 1)
         found = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
         n1 = torch.cat([found[:, -zeros:], found[:, :-zeros]], 1) if zeros else found
+        neighbors = torch.zeros(
+            d1, uniq.numel() + 1, 2, dtype=torch.int32 if span < 2**31 else torch.int64
+        )
+        neighbors[:, 1:, 0] = n1
         # The reverse step needs no search: y = n1(x) exactly when x = n2(y).
-        n2 = torch.zeros_like(n1)
         axis, point = torch.nonzero(n1, as_tuple=True)
-        n2[axis, n1[axis, point] - 1] = point + 1
+        neighbors[axis, n1[axis, point], 1] = (point + 1).to(neighbors.dtype)
         alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-d)))
         return cls(
             vertices=vertices,
             weights=bary,
-            neighbors=torch.stack([n1, n2], 1),
+            neighbors=neighbors,
             splat_counts=splat_counts,
-            splat_col=col,
+            splat_col=col.to(torch.int32) if points < 2**31 else col,
             splat_value=value,
             alpha=alpha,
         )
 
     def blur(self, lattice: torch.Tensor) -> torch.Tensor:
         """In place along each of the d+1 axes in order: new = old + (n1 + n2) / 2."""
-        for n1, n2 in self.neighbors:
-            side = torch.index_select(lattice, 0, n1).add_(torch.index_select(lattice, 0, n2))
-            lattice[1:].add_(side, alpha=0.5)  # row 0, the absent neighbour, stays zero
+        for pairs in self.neighbors:  # row 0, the absent neighbour, has neighbours 0: stays zero
+            lattice.add_(F.embedding_bag(pairs, lattice, mode="sum"), alpha=0.5)
         return lattice
 
     def filter_scalar(self, values: torch.Tensor) -> torch.Tensor:
