@@ -52,16 +52,16 @@ class Filters:
     products on CPU, and the same sums in the same order). Splat: lattice row i sums the
     points `splat_index[splat_offsets[i]:...]` times `splat_weight`; slice: point p sums the
     rows `slice_index[p]` (P, vertices of all kernels) times `slice_weight`; the normalisation,
-    alpha and weights are folded into the weights. `blur_steps` (first row, neighbour rows
-    (n, 2)) blur the n rows from `first row` on along one axis: those of the kernels that have
-    that axis, which are contiguous."""
+    alpha and weights are folded into the weights. `blur_steps` (R, 3) per axis: the bags of
+    the blur along it (see `build`), with the weights `blur_weight`."""
 
     splat_offsets: torch.Tensor
     splat_index: torch.Tensor
     splat_weight: torch.Tensor
     slice_index: torch.Tensor
     slice_weight: torch.Tensor
-    blur_steps: list[tuple[int, torch.Tensor]]
+    blur_steps: list[torch.Tensor]
+    blur_weight: torch.Tensor
 
     @classmethod
     def build(cls, kernels: list[Kernel]) -> "Filters":
@@ -99,14 +99,18 @@ class Filters:
             torch.add(k.lattice.vertices.T, base, out=slice_index[:, first:last])  # never absent
             first = last
 
-        # Blur steps: the rows of the kernels that have the axis are contiguous (an empty row
-        # has neighbours 0 and stays zero).
+        # Blur steps, one per axis: row i becomes the bag (n1, n2, i) with weights (1/2, 1/2, 1),
+        # summed in that order: old + (n1 + n2) / 2 rounded exactly as densecrf rounds it. Rows
+        # of kernels without the axis, and empty rows, have neighbours 0 and stay as they are.
         steps = []
         for axis in range(kernels[-1].lattice.weights.shape[0]):
-            having = [(k, b) for k, b in zip(kernels, bases, strict=True)
-                      if axis < k.lattice.weights.shape[0]]  # fmt: skip
-            pairs = torch.cat([(k.lattice.neighbors[axis] + b).to(index) for k, b in having])
-            steps.append((having[0][1], pairs))
+            bags = torch.zeros(rows, 3, dtype=index, device=device)
+            bags[:, 2] = torch.arange(rows, device=device)
+            for k, base in zip(kernels, bases, strict=True):
+                if axis < k.lattice.weights.shape[0]:
+                    bags[base : base + k.lattice.size, :2] = k.lattice.neighbors[axis] + base
+            steps.append(bags)
+        blur_weight = torch.tensor([0.5, 0.5, 1.0], device=device).repeat(rows, 1)
         return cls(
             splat_offsets=offsets,
             splat_index=torch.cat([c.to(index) for c in cols]),
@@ -114,6 +118,7 @@ class Filters:
             slice_index=slice_index,
             slice_weight=slice_weight,
             blur_steps=steps,
+            blur_weight=blur_weight,
         )
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
@@ -122,10 +127,10 @@ class Filters:
         lattice = F.embedding_bag(
             self.splat_index, q, self.splat_offsets, mode="sum", per_sample_weights=weight
         )
-        # The blur, in place axis after axis: new = old + (n1 + n2) / 2.
-        for first, pairs in self.blur_steps:
-            side = F.embedding_bag(pairs, lattice, mode="sum")
-            lattice[first : first + pairs.shape[0]].add_(side, alpha=0.5)
+        for bags in self.blur_steps:
+            lattice = F.embedding_bag(
+                bags, lattice, mode="sum", per_sample_weights=self.blur_weight
+            )
         return F.embedding_bag(
             self.slice_index, lattice, mode="sum", per_sample_weights=self.slice_weight
         )
