@@ -7,9 +7,10 @@ kernel's self-contribution is not removed, as in densecrf. Several images run as
 pixels are concatenated and each lattice keeps the images apart.
 
 For speed the lattices are built once per call and every per-pixel factor (normalisation,
-alpha, weight) is folded into two sparse matrices that serve all kernels at once (`Filters`), so
-an iteration is one splat product, the blurs, one slice product added to -U, and a softmax. The
-sums run in another order than densecrf's, so results agree to float rounding (~1e-7).
+alpha, weight) is folded into the weights of one splat and one slice that serve all kernels at
+once (`Filters`, weighted row sums by `embedding_bag`), so an iteration is one splat, one blur
+step per axis, one slice added to -U, and a softmax. The slice sums the kernels before adding
+-U, densecrf kernel by kernel, so results agree to float rounding (~1e-7).
 """
 
 from dataclasses import dataclass

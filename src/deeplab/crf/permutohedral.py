@@ -8,10 +8,11 @@ scale factors, round-half-even to the nearest remainder-0 point, the rank (with 
 rule), the barycentric weights, the splat, the blur along each of the d+1 axes in order with
 weights 1 and 1/2, and the slice with the constant alpha = 1 / (1 + 2^-d).
 
-The C++ hash table becomes a sort: every vertex key is packed into one int64 (batch index
-included, so several images share one lattice without touching each other) straight from the
-remainder-0 point and the rank, one stable sort numbers the lattice points, and `searchsorted`
-finds the blur neighbours. Everything is tensor code, so it runs unchanged on CPU and CUDA.
+The C++ hash table becomes a sort: every vertex key is packed into one integer (remainder
+first, then the image index, so several images share one lattice without touching each other;
+int32 when the coordinate ranges allow, else int64) straight from the remainder-0 point and the
+rank, stable sorts number the lattice points, and `searchsorted` finds the blur neighbours.
+Everything is tensor code, so it runs unchanged on CPU and CUDA.
 """
 
 from dataclasses import dataclass
