@@ -91,13 +91,14 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return rounded, rank, bary
 
 
-def _vertex_codes(rounded, rank, lo, strides, first_code, span) -> torch.Tensor:
+def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
     """Packed key of each point's d+1 vertices (d+1, P), in the dtype of `strides`.
 
     Vertex r's key is rem0 + r - (d+1) [rank > d - r] on every coordinate, so all its coordinates
-    are r modulo d+1: the key packs as r span + code(q) with q = rounded - [rank > d - r] (code
-    below `span`), remainder first. The subtracted part of code(q) grows with r: a cumulative
-    sum of the strides scattered at d+1-rank."""
+    are r modulo d+1: the key packs as r + (d+1) code(q) with q = rounded - [rank > d - r]. The
+    remainder goes last so that code order keeps a point's vertices, and so the pixels they
+    read, close together (the splat runs in that order). The subtracted part of code(q) grows
+    with r: a cumulative sum of the strides scattered at d+1-rank."""
     d1, n = rank.shape
     d = d1 - 1
     dtype = strides.dtype
@@ -106,7 +107,7 @@ def _vertex_codes(rounded, rank, lo, strides, first_code, span) -> torch.Tensor:
     wrapped = base.new_zeros(d1 + 1, n)
     wrapped.scatter_add_(0, d1 - rank[:d], strides[:, None].expand(d, n))
     r = torch.arange(d1, dtype=dtype, device=rank.device)[:, None]
-    return r * span + (base - wrapped[:d1].cumsum(0, dtype=dtype))
+    return r + d1 * (base - wrapped[:d1].cumsum(0, dtype=dtype))
 
 
 @dataclass
@@ -170,23 +171,17 @@ class Lattice:
             )
         dtype = torch.int32 if d1 * span < 2**31 else torch.int64
         strides_t = torch.tensor(strides, dtype=dtype, device=device)
-        codes = _vertex_codes(
-            rounded, rank, lo.to(dtype), strides_t, (batch * stride).to(dtype), span
-        )
+        codes = _vertex_codes(rounded, rank, lo.to(dtype), strides_t, (batch * stride).to(dtype))
 
-        # Stable sorts number the lattice points (1..M, in code order) and give the splat
-        # order. Remainder first, so one sort per remainder (faster than one sort of all) and
-        # the rows concatenated are sorted; the entries of a lattice point keep point order.
-        sorted_codes = torch.empty_like(codes)
-        col = torch.empty(codes.shape, dtype=torch.int64, device=device)
-        for r in range(d1):
-            torch.sort(codes[r], stable=True, out=(sorted_codes[r], col[r]))
+        # One stable sort numbers the lattice points (1..M, in code order) and gives the splat
+        # order: the entries of one lattice point share a remainder, so they keep point order.
+        sorted_codes, order = torch.sort(codes.reshape(-1), stable=True)
         uniq, sorted_ids, counts = torch.unique_consecutive(
-            sorted_codes.reshape(-1), return_inverse=True, return_counts=True
+            sorted_codes, return_inverse=True, return_counts=True
         )
-        vertices = torch.empty_like(col).scatter_(1, col, sorted_ids.reshape(d1, -1) + 1)
-        value = torch.gather(bary, 1, col).reshape(-1)
-        col = col.reshape(-1)
+        vertices = torch.empty_like(order).scatter_(0, order, sorted_ids + 1).reshape(d1, -1)
+        col = order % rank.shape[1]
+        value = bary.reshape(-1)[order]
         if bool(real.all()):
             splat_counts = torch.cat([counts.new_zeros(1), counts])
         else:  # drop the padding points' entries and renumber the points without them
@@ -196,24 +191,25 @@ class Lattice:
             splat_counts = torch.bincount(vertices.reshape(-1), minlength=uniq.numel() + 1)
 
         # Neighbours along axis j: every coordinate -1 except coordinate j +d (and the reverse):
-        # r - 1 with q the same, or from r = 0 to r = d with q - 1; then q_j + 1. Searched from
-        # remainder 1 on, then remainder 0, the targets come in ascending order, which makes
-        # the binary searches share their paths (twice as fast).
-        axis_step = torch.tensor(strides + [0], dtype=dtype, device=device)[:, None]
-        zeros = int(torch.searchsorted(uniq, span))  # lattice points with remainder 0
-        rolled = torch.cat(
-            [
-                uniq[zeros:] + (axis_step - span),
-                uniq[:zeros] + (axis_step + (d * span - sum(strides))),
-            ],
-            1,
+        # r - 1 with q the same, or from r = 0 to r = d with q - 1; then q_j + 1. The lattice
+        # points with remainder > 0 searched first, then those with remainder 0: each run of
+        # targets is ascending, which makes the binary searches share their paths (faster).
+        axis_step = d1 * torch.tensor(strides + [0], dtype=dtype, device=device)[:, None]
+        at_zero = uniq % d1 == 0
+        runs = torch.cat([torch.nonzero(~at_zero)[:, 0], torch.nonzero(at_zero)[:, 0]])
+        target = uniq[runs] + torch.where(
+            at_zero[runs], axis_step + (d - d1 * sum(strides)), axis_step - 1
         )
-        target = rolled.reshape(-1)
+        target = target.reshape(-1)
         pos = torch.searchsorted(uniq, target).clamp_max(uniq.numel() - 1)
-        found = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
-        n1 = torch.cat([found[:, -zeros:], found[:, :-zeros]], 1) if zeros else found
+        n1 = torch.empty(d1, uniq.numel(), dtype=torch.int64, device=device)
+        n1[:, runs] = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
         neighbors = torch.zeros(
-            d1, uniq.numel() + 1, 2, dtype=torch.int32 if span < 2**31 else torch.int64
+            d1,
+            uniq.numel() + 1,
+            2,
+            dtype=torch.int32 if span < 2**31 else torch.int64,
+            device=device,
         )
         neighbors[:, 1:, 0] = n1
         # The reverse step needs no search: y = n1(x) exactly when x = n2(y).
