@@ -72,9 +72,10 @@ class Filters:
             bases.append(rows)
             rows += k.lattice.size
         points = kernels[0].lattice.weights.shape[1]
-        index = torch.int32 if max(rows, points * 3 * len(kernels)) < 2**31 else torch.int64
+        per_point = sum(k.lattice.weights.shape[0] for k in kernels)  # vertices, all kernels
+        index = torch.int32 if max(rows, points * per_point) < 2**31 else torch.int64
 
-        # Bag starts: an exclusive cumulative sum of the entries per row (row 0 has none).
+        # Bag starts: an exclusive cumulative sum of the entries per row (empty rows have none).
         counts, cols, values = [kernels[0].lattice.splat_counts.new_zeros(1)], [], []
         for k in kernels:
             lattice, value = k.lattice, k.lattice.splat_value
@@ -86,7 +87,6 @@ class Filters:
         offsets = torch.cat(counts).cumsum(0, dtype=index)[:-1]
 
         # The slice, written straight into its (P, vertices of all kernels) layout.
-        per_point = sum(k.lattice.weights.shape[0] for k in kernels)
         device = kernels[0].lattice.weights.device
         slice_index = torch.empty(points, per_point, dtype=index, device=device)
         slice_weight = torch.empty(points, per_point, device=device)
@@ -101,7 +101,8 @@ class Filters:
             first = last
 
         # Blur steps, one per axis: row i becomes the bag (n1, n2, i) with weights (1/2, 1/2, 1),
-        # summed in that order: old + (n1 + n2) / 2 rounded exactly as densecrf rounds it. Rows
+        # summed in that order: n1/2 + n2/2 = (n1 + n2)/2 exactly, then + old, so it rounds as
+        # densecrf's old + (n1 + n2) / 2. Rows
         # of kernels without the axis, and empty rows, have neighbours 0 and stay as they are.
         steps = []
         for axis in range(kernels[-1].lattice.weights.shape[0]):

@@ -8,10 +8,10 @@ scale factors, round-half-even to the nearest remainder-0 point, the rank (with 
 rule), the barycentric weights, the splat, the blur along each of the d+1 axes in order with
 weights 1 and 1/2, and the slice with the constant alpha = 1 / (1 + 2^-d).
 
-The C++ hash table becomes a sort: every vertex key is packed into one integer (remainder
-first, then the image index, so several images share one lattice without touching each other;
-int32 when the coordinate ranges allow, else int64) straight from the remainder-0 point and the
-rank, stable sorts number the lattice points, and `searchsorted` finds the blur neighbours.
+The C++ hash table becomes a sort: every vertex key is packed into one integer (the image index
+included, so several images share one lattice without touching each other; int32 when the
+coordinate ranges allow, else int64) straight from the remainder-0 point and the rank, one
+stable sort numbers the lattice points, and `searchsorted` finds the blur neighbours.
 Everything is tensor code, so it runs unchanged on CPU and CUDA.
 """
 
@@ -208,7 +208,7 @@ class Lattice:
             d1,
             uniq.numel() + 1,
             2,
-            dtype=torch.int32 if span < 2**31 else torch.int64,
+            dtype=torch.int32 if uniq.numel() < 2**31 else torch.int64,
             device=device,
         )
         neighbors[:, 1:, 0] = n1
