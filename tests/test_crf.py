@@ -117,6 +117,18 @@ def test_lattice_padding_and_resnet_setting_match_pydensecrf():
         assert np.abs(ref - port).max() < 1e-4
 
 
+def test_wide_lattice_keys_match_pydensecrf():
+    """Keys pack into int32 when the lattice's coordinate ranges allow (VOC with the released
+    settings); tiny stds over random colours need the int64 keys, which must give the same CRF."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (24, 32, 3)).astype(np.uint8)
+    probs = rng.dirichlet(np.full(4, 0.5), (24, 32)).transpose(2, 0, 1).astype(np.float32)
+    kw = dict(bi_xy_std=1, bi_rgb_std=1)
+    ref = DenseCRF(backend="pydensecrf", **kw)(image, probs)
+    port = DenseCRF(backend="torch", **kw)(image, probs)
+    assert np.abs(ref - port).max() < 1e-4
+
+
 def small_case(seed: int = 0, size=(48, 64), classes: int = 4):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (*size, 3)).astype(np.uint8)

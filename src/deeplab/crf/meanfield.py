@@ -7,17 +7,19 @@ kernel's self-contribution is not removed, as in densecrf. Several images run as
 pixels are concatenated and each lattice keeps the images apart.
 
 For speed the lattices are built once per call and every per-pixel factor (normalisation,
-alpha, weight) is folded into two sparse matrices that serve all kernels at once (`Filters`), so
-an iteration is one splat product, the blurs, one slice product added to -U, and a softmax. The
-sums run in another order than densecrf's, so results agree to float rounding (~1e-7).
+alpha, weight) is folded into the weights of one splat and one slice that serve all kernels at
+once (`Filters`, weighted row sums by `embedding_bag`), so an iteration is one splat, one blur
+step per axis, one slice added to -U, and a softmax. The slice sums the kernels before adding
+-U, densecrf kernel by kernel, so results agree to float rounding (~1e-7).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from deeplab.crf.permutohedral import Lattice, _crow, _csr
+from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 
@@ -35,7 +37,7 @@ class Kernel:
 def make_kernel(features: list[torch.Tensor], weight: float, normalization: str) -> Kernel:
     """Build the lattice once and the normalisation from filtering a vector of ones."""
     lattice = Lattice.build(features)
-    norm = lattice.filter_scalar(features[0].new_ones(lattice.offsets.shape[0])).double()
+    norm = lattice.filter_scalar(features[0].new_ones(lattice.weights.shape[1])).double()
     if normalization == "symmetric":
         scale = (1.0 / torch.sqrt(norm + 1e-20)).float()
         return Kernel(lattice, weight, scale, scale)
@@ -45,64 +47,95 @@ def make_kernel(features: list[torch.Tensor], weight: float, normalization: str)
 
 @dataclass
 class Filters:
-    """All kernels as one operator over a stacked lattice array: row 0 is the shared empty row,
-    then each kernel's lattice points. `splat` (R, P) and `slice` (P, R) are CSR matrices with
-    the normalisation, alpha and weight folded in; `blur_steps` (first row, neighbour rows
-    (2 n,)) blur the rows from `first row` on along one axis, the kernels that have that axis
-    (lower-dimensional kernels come first, so those rows are contiguous)."""
+    """All kernels as one operator over a stacked lattice array: each kernel's lattice rows
+    (its empty row 0, then its lattice points), lower-dimensional kernels first. Splat, blur
+    and slice are weighted row sums, done by `embedding_bag` (faster than sparse matrix
+    products on CPU, and the same sums in the same order). Splat: lattice row i sums the
+    points `splat_index[splat_offsets[i]:...]` times `splat_weight`; slice: point p sums the
+    rows `slice_index[p]` (P, vertices of all kernels) times `slice_weight`; the normalisation,
+    alpha and weights are folded into the weights. `blur_steps` (R, 3) per axis: the bags of
+    the blur along it (see `build`), with the weights `blur_weight`."""
 
-    splat: torch.Tensor
-    slice: torch.Tensor
-    blur_steps: list[tuple[int, torch.Tensor]]
+    splat_offsets: torch.Tensor
+    splat_index: torch.Tensor
+    splat_weight: torch.Tensor
+    slice_index: torch.Tensor
+    slice_weight: torch.Tensor
+    blur_steps: list[torch.Tensor]
+    blur_weight: torch.Tensor
 
     @classmethod
     def build(cls, kernels: list[Kernel]) -> "Filters":
-        kernels = sorted(kernels, key=lambda k: k.lattice.weights.shape[1])
-        points = kernels[0].lattice.offsets.shape[0]
-        bases, rows = [], 1
-        for k in kernels:
-            bases.append(rows - 1)  # local row r >= 1 -> base + r; local 0 (absent) -> 0
-            rows += k.lattice.size - 1
+        kernels = sorted(kernels, key=lambda k: k.lattice.weights.shape[0])
+        bases, rows = [], 0
+        for k in kernels:  # each kernel keeps its empty row 0, at its base
+            bases.append(rows)
+            rows += k.lattice.size
+        points = kernels[0].lattice.weights.shape[1]
+        per_point = sum(k.lattice.weights.shape[0] for k in kernels)  # vertices, all kernels
+        index = torch.int32 if max(rows, points * per_point) < 2**31 else torch.int64
 
-        def rows_of(local: torch.Tensor, base: int) -> torch.Tensor:
-            return torch.where(local > 0, local + base, 0)
-
+        # Bag starts: an exclusive cumulative sum of the entries per row (empty rows have none).
         counts, cols, values = [kernels[0].lattice.splat_counts.new_zeros(1)], [], []
         for k in kernels:
-            c, col, value = k.lattice.splat(k.before)
-            counts.append(c[1:])
-            cols.append(col)
+            lattice, value = k.lattice, k.lattice.splat_value
+            if k.before is not None:
+                value = value * k.before[lattice.splat_col]
+            counts.append(lattice.splat_counts)
+            cols.append(lattice.splat_col)
             values.append(value)
-        splat = _csr(_crow(torch.cat(counts)), torch.cat(cols), torch.cat(values), (rows, points))
+        offsets = torch.cat(counts).cumsum(0, dtype=index)[:-1]
 
-        slice_cols, slice_values = [], []
+        # The slice, written straight into its (P, vertices of all kernels) layout.
+        device = kernels[0].lattice.weights.device
+        slice_index = torch.empty(points, per_point, dtype=index, device=device)
+        slice_weight = torch.empty(points, per_point, device=device)
+        first = 0
         for k, base in zip(kernels, bases, strict=True):
+            last = first + k.lattice.weights.shape[0]
             w = k.lattice.weights * k.lattice.alpha  # densecrf's many-channel slice weight
             if k.after is not None:
-                w = w * k.after[:, None]
-            slice_cols.append(rows_of(k.lattice.offsets, base))
-            slice_values.append(w * k.weight)
-        cols = torch.cat(slice_cols, 1)
-        per_point = cols.shape[1]
-        crow = torch.arange(0, points * per_point + 1, per_point, device=cols.device)
-        slice_ = _csr(
-            crow, cols.reshape(-1), torch.cat(slice_values, 1).reshape(-1), (points, rows)
+                w *= k.after
+            torch.mul(w.T, k.weight, out=slice_weight[:, first:last])
+            torch.add(k.lattice.vertices.T, base, out=slice_index[:, first:last])  # never absent
+            first = last
+
+        # Blur steps, one per axis: row i becomes the bag (n1, n2, i) with weights (1/2, 1/2, 1),
+        # summed in that order: n1/2 + n2/2 = (n1 + n2)/2 exactly, then + old, so it rounds as
+        # densecrf's old + (n1 + n2) / 2. Rows
+        # of kernels without the axis, and empty rows, have neighbours 0 and stay as they are.
+        steps = []
+        for axis in range(kernels[-1].lattice.weights.shape[0]):
+            bags = torch.zeros(rows, 3, dtype=index, device=device)
+            bags[:, 2] = torch.arange(rows, device=device)
+            for k, base in zip(kernels, bases, strict=True):
+                if axis < k.lattice.weights.shape[0]:
+                    bags[base : base + k.lattice.size, :2] = k.lattice.neighbors[axis] + base
+            steps.append(bags)
+        blur_weight = torch.tensor([0.5, 0.5, 1.0], device=device).repeat(rows, 1)
+        return cls(
+            splat_offsets=offsets,
+            splat_index=torch.cat([c.to(index) for c in cols]),
+            splat_weight=torch.cat(values),
+            slice_index=slice_index,
+            slice_weight=slice_weight,
+            blur_steps=steps,
+            blur_weight=blur_weight,
         )
 
-        steps = []
-        for axis in range(kernels[-1].lattice.weights.shape[1]):
-            having = [(k, b) for k, b in zip(kernels, bases, strict=True)
-                      if axis < k.lattice.weights.shape[1]]  # fmt: skip
-            pairs = torch.cat([rows_of(k.lattice.neighbors[axis], b) for k, b in having], 1)
-            steps.append((having[0][1] + 1, pairs.reshape(-1)))
-        return cls(splat, slice_, steps)
-
-    def blur(self, lattice: torch.Tensor, buffer: torch.Tensor) -> None:
-        """In place, axis after axis: new = old + (n1 + n2) / 2 (one gather per axis)."""
-        for first, pairs in self.blur_steps:
-            n = pairs.numel() // 2
-            side = torch.index_select(lattice, 0, pairs, out=buffer[: 2 * n])
-            lattice[first : first + n].add_(side[:n].add_(side[n:]), alpha=0.5)
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        """sum_k w_k normalised K_k q for q (P, C): splat, blur, slice."""
+        weight = self.splat_weight
+        lattice = F.embedding_bag(
+            self.splat_index, q, self.splat_offsets, mode="sum", per_sample_weights=weight
+        )
+        for bags in self.blur_steps:
+            lattice = F.embedding_bag(
+                bags, lattice, mode="sum", per_sample_weights=self.blur_weight
+            )
+        return F.embedding_bag(
+            self.slice_index, lattice, mode="sum", per_sample_weights=self.slice_weight
+        )
 
 
 def smoothness_kernel(
@@ -169,10 +202,6 @@ def mean_field(
                 make_kernel(bilateral, float(np.float32(bi_w)), normalization),
             ]
         )
-        longest = max(pairs.numel() for _, pairs in filters.blur_steps)
-        buffer = q.new_empty(longest, q.shape[1])
         for _ in range(iterations):
-            lattice = filters.splat @ q
-            filters.blur(lattice, buffer)
-            q = torch.softmax(torch.addmm(neg_unary, filters.slice, lattice), 1)
+            q = torch.softmax(filters(q).add_(neg_unary), 1)
     return [part.T.reshape(p.shape) for part, p in zip(torch.split(q, sizes), probs, strict=True)]
