@@ -207,3 +207,15 @@ def test_bad_caffemodels_get_one_clear_error_and_no_output(tmp_path, capsys, con
         main([str(src), str(tmp_path / "out.pth")])
     assert refused.value.code == 2  # the message alone (deeplab.cli), no traceback
     assert "Error:" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("prefix", ["fc1_c", "fc1_person_part_c"])
+def test_aspp_classifiers_of_other_data_set_names_are_placed(tmp_path, prefix):
+    """The released nets name the classifier after their data set (`fc1_voc12_c0`); other
+    trainings use `fc1_c0` or names with underscores: each is still the ASPP branch it says."""
+    layers = resnet101_layers(W, 7, msc=False)
+    for lay in layers:
+        lay.name = lay.name.replace("fc1_voc12_c", prefix)
+    converted = convert(write_caffemodel(tmp_path / "net.caffemodel", layers))
+    assert converted["complete"] and "data.num_classes=7" in converted["overrides"]
+    assert "model.rates=[6,12,18,24]" in converted["overrides"]

@@ -27,9 +27,11 @@ _RESNET_STEM = {"conv1": "conv1", "bn_conv1": "bn1", "scale_conv1": "bn1"}
 _RESNET_BRANCH = {"1": ("downsample.0", "downsample.1"), "2a": ("conv1", "bn1")}
 _RESNET_BRANCH |= {"2b": ("conv2", "bn2"), "2c": ("conv3", "bn3")}
 _VGG_CONV = re.compile(r"^conv([1-5])_([1-3])$")
-# fc6 / fc6_1..4, fc8_voc12 / fc8_voc12_1..4 (the middle part, a data set name, starts a letter).
-_VGG_FC = re.compile(r"^(fc[678])(?:_[a-z][a-z0-9]*)?(?:_([1-4]))?$")
-_RESNET_CLASSIFIER = re.compile(r"^fc1(?:_[a-z][a-z0-9]*)?(?:_c([0-3]))?$")
+# fc6 / fc6_1..4, fc8_voc12 / fc8_voc12_1..4 (the middle part, a data set name, starts a letter
+# and may hold underscores: fc8_person_part_1, fc1_person_part_c0).
+_VGG_FC = re.compile(r"^(fc[678])(?:_[a-z][a-z0-9_]*?)?(?:_([1-4]))?$")
+# (`fc1_c0`: branch 0 of an unnamed data set, not a data set called "c0")
+_RESNET_CLASSIFIER = re.compile(r"^fc1(?:_(?!c[0-3]$)[a-z][a-z0-9_]*?)?(?:_c([0-3]))?$")
 
 
 @dataclass
