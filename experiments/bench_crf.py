@@ -39,11 +39,12 @@ def make_input(height: int, width: int, classes: int, seed: int = 0, index: int 
     """A real photo and a coarse, noisy softmax from its truth (VOC sample if present)."""
     names = sorted((VOC_SAMPLE / "JPEGImages").glob("*.jpg")) if VOC_SAMPLE.is_dir() else []
     if names:
-        from PIL import Image
+        from deeplab.data.reader import read_mask
+        from deeplab.images import read_rgb
 
         name = names[index % len(names)]
-        image = np.array(Image.open(name).convert("RGB"))
-        mask = np.array(Image.open(VOC_SAMPLE / "SegmentationClassAug" / f"{name.stem}.png"))
+        image = read_rgb(name)
+        mask = read_mask(VOC_SAMPLE / "SegmentationClassAug" / f"{name.stem}.png")
     else:  # a smooth synthetic scene
         yy, xx = np.mgrid[0:375, 0:500]
         image = np.stack([xx * 255 // 500, yy * 255 // 375, (xx + yy) % 256], -1).astype(np.uint8)

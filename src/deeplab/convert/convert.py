@@ -1,7 +1,5 @@
 """A caffemodel -> `{"state_dict", "overrides", ...}`, checked against the network it names."""
 
-import os
-import tempfile
 from pathlib import Path
 
 import hydra
@@ -10,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from deeplab.atomic import written_atomically
 from deeplab.config import compose
 from deeplab.convert.mapping import to_state_dict
 from deeplab.convert.reader import read_caffemodel
@@ -102,11 +101,5 @@ def save(converted: dict, out: str | Path) -> None:
     """Write atomically: a temp file in the same folder, renamed once complete."""
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    with written_atomically(out) as tmp:
         torch.save(converted, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
