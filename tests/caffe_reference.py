@@ -191,11 +191,13 @@ def resnet101_trunk(width: float = 1.0, data: str = "data", s: str = "") -> list
 def _resnet_branch(data: str, s: str, width: float) -> list[Layer]:
     """One scale of the ResNet-101 ASPP-L net: the trunk, then fc1_voc12_c0..c3 summed."""
     layers = resnet101_trunk(width, data, s)
+    # The released nets put the scale tag before the branch index here (`fc1_voc12_res05_c0`),
+    # unlike the trunk's suffix (`conv1_res05`); each copy shares `fc1_voc12_c{i}`'s weights.
+    branches = []
     for i, rate in enumerate(ASPP_L_RATES):
-        name = f"fc1_voc12_c{i}"
-        share = name if s else None
-        layers.append(_conv(name + s, "res5c" + s, NUM_CLASSES, 3, rate, 1, rate, True, share))
-    branches = [f"fc1_voc12_c{i}" + s for i in range(len(ASPP_L_RATES))]
+        name, share = f"fc1_voc12{s}_c{i}", (f"fc1_voc12_c{i}" if s else None)
+        layers.append(_conv(name, "res5c" + s, NUM_CLASSES, 3, rate, 1, rate, True, share))
+        branches.append(name)
     return layers + [_eltwise("fc1_voc12" + s, branches, "SUM")]
 
 

@@ -2,6 +2,8 @@
 that load strictly; Caffe's conventions (BatchNorm scale factor, Scale, BGR) are applied; bad
 files get one clear error and no output file."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from hydra.utils import instantiate
 from deeplab.config import compose
 from deeplab.convert.__main__ import main
 from deeplab.convert.convert import convert
+from deeplab.convert.recognise import msc_original
 from deeplab.convert.synthetic import CaffeLayer, resnet101_layers, vgg16_layers, write_caffemodel
 from deeplab.errors import UserError
 
@@ -59,13 +62,42 @@ def test_resnet101_msc_aspp_loads_strictly_with_caffe_conventions(tmp_path):
 
 
 def test_msc_is_recognised_when_the_scale_copies_hold_no_weights(tmp_path):
-    copy = ("_res075", "_res05")
     layers = [
-        CaffeLayer(lay.name, lay.type, [] if lay.name.endswith(copy) else lay.blobs)
+        CaffeLayer(lay.name, lay.type, [] if "_res0" in lay.name else lay.blobs)
         for lay in resnet101_layers(W)
     ]
     out = convert(write_caffemodel(tmp_path / "msc.caffemodel", layers))
     assert "model.msc=true" in out["overrides"]
+    build(out["overrides"]).load_state_dict(out["state_dict"], strict=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "original"),
+    [
+        ("conv1_res05", "conv1"),  # the trunk: tag as a suffix (released test/train prototxt)
+        ("res2a_branch1_res075", "res2a_branch1"),
+        ("bn4b22_branch2c_res05", "bn4b22_branch2c"),
+        ("fc1_voc12_res05_c0", "fc1_voc12_c0"),  # the classifier: tag before the branch index
+        ("fc1_voc12_res075_c3", "fc1_voc12_c3"),
+        ("fc1_voc12_c2_res075", "fc1_voc12_c2"),  # a suffix on the classifier is read too
+        ("fc1_voc12_c0", None),
+        ("res5c_branch2c", None),
+        ("fc8_voc12_4", None),
+    ],
+)
+def test_msc_copies_are_named_as_the_released_nets_name_them(name, original):
+    assert msc_original(name) == original
+
+
+def test_msc_classifier_copies_with_the_scale_tag_as_suffix_also_convert(tmp_path):
+    """Files written with the tag after the branch index (other exports) place the same way."""
+    layers = [
+        CaffeLayer(re.sub(r"^(fc1_voc12)(_res0\d+)(_c\d)$", r"\1\3\2", lay.name), lay.type, lay.blobs)
+        for lay in resnet101_layers(W)
+    ]
+    assert "fc1_voc12_c0_res05" in by_name(layers)
+    out = convert(write_caffemodel(tmp_path / "suffix.caffemodel", layers))
+    assert "fc1_voc12_c0_res05" in out["dropped"]
     build(out["overrides"]).load_state_dict(out["state_dict"], strict=True)
 
 

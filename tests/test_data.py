@@ -14,6 +14,7 @@ from deeplab.data import SyntheticDataModule, VOCDataModule
 from deeplab.data.reader import read_ids, write_mask
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, denormalize, normalize, train_transform
+from deeplab.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -112,6 +113,22 @@ def test_mask_value_77_fails_in_val_loader_naming_the_file(tiny):
     dm.setup("validate")
     with pytest.raises(ValueError, match=r"val_0001\.png.*\[77\]"):
         list(dm.val_dataloader())
+
+
+def test_training_takes_whole_batches_only(tiny):
+    """Caffe never makes a partial batch: 4 images in batches of 3 give one batch per epoch."""
+    dm = voc(tiny.parent, crop_size=24, batch_size=3)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.drop_last and len(loader) == 1
+    assert [len(batch["image"]) for batch in loader] == [3]
+
+
+def test_batch_larger_than_the_training_set_is_refused(tiny):
+    dm = voc(tiny.parent, crop_size=24, batch_size=5)
+    dm.setup("fit")
+    with pytest.raises(UserError, match=r"data.batch_size=5 is larger than the 4 training images"):
+        dm.train_dataloader()
 
 
 def test_missing_root_names_path_and_prepare_command(tmp_path):

@@ -29,6 +29,13 @@ def test_each_experiment_sweeps_the_paper_rows(name):
         cfg.data.crop_size == 321 and cfg.data.aug and cfg.data._target_.endswith("VOCDataModule")
     )
     assert (cfg.optim.momentum, cfg.optim.weight_decay) == (0.9, 5e-4)
+    # scored as the paper was: the released test nets' 513 padding (docs/paper.md)
+    assert cfg.tta.pad_to == 513
+
+
+def test_plain_training_keeps_the_unpadded_protocol():
+    """Cityscapes' 2048 x 1024 images do not fit a 513 pad: the default stays unpadded."""
+    assert config().tta.pad_to is None and config("data=cityscapes").tta.pad_to is None
 
 
 @pytest.mark.parametrize(

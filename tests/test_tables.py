@@ -15,7 +15,7 @@ from deeplab.tables import TABLES, make_table
 TABLES_PY = REPO / "experiments" / "tables.py"
 
 
-def write_job(sweep, num, table, group, choice, metrics=None, seed=0):
+def write_job(sweep, num, table, group, choice, metrics=None, seed=0, pad_to=None):
     """One job folder as Hydra writes it: .hydra/{config,hydra,overrides}.yaml (+ metrics.json)."""
     job = sweep / str(num)
     (job / ".hydra").mkdir(parents=True)
@@ -24,6 +24,7 @@ def write_job(sweep, num, table, group, choice, metrics=None, seed=0):
         "seed": seed,
         "model": {"width_mult": 0.125},
         "data": {"batch_size": 2},
+        "tta": {"pad_to": pad_to},
     }
     config["trainer"] = {"max_steps": 3, "devices": 1, "accumulate_grad_batches": 1}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
@@ -51,7 +52,7 @@ def test_table1_failed_and_missing_rows_are_never_zero(tmp_path):
     sweep = tmp_path / "sweep"
     write_job(sweep, 0, "table1", "model", "fov_7x7_r4", metrics(61.5, 64.25, 134_350_000, 1.2))
     write_job(sweep, 1, "table1", "model", "fov_4x4_r4")  # no metrics.json: it failed
-    write_job(sweep, 3, "table1", "model", "largefov", metrics(60.0, 65.0))  # job 2 never started
+    write_job(sweep, 3, "table1", "model", "largefov", metrics(60.0, 65.0), pad_to=513)  # no job 2
     text = make_table(sweep)
     rows = table_rows(text)
     assert [r[:3] for r in rows] == [
@@ -67,7 +68,8 @@ def test_table1_failed_and_missing_rows_are_never_zero(tmp_path):
     assert missing[3:11:2] == ["missing"] * 4 and missing[-1] == "missing"
     assert failed[-1] == "1/1 failed" and last[-1] == "ok" and last[-2] == "3"
     assert "0.00" not in " ".join(failed + missing)
-    assert last[-3] == "width 0.125, 3 it, batch 2"
+    assert last[-3] == "width 0.125, 3 it, batch 2, scored padded to 513"  # the protocol too
+    assert first[-3] == "width 0.125, 3 it, batch 2, scored unpadded"
     with open(sweep / "table1.csv") as f:
         assert len(list(csv.reader(f))) == 5
     assert (sweep / "table1.png").stat().st_size > 10_000
@@ -163,7 +165,8 @@ def test_real_multirun_prints_every_row_beside_the_paper(tmp_path, experiment):
     rows = table_rows(cli.stdout)
     assert len(rows) == len(spec.rows)
     for row, paper_row in zip(rows, spec.rows, strict=True):
-        assert row[-1] == "ok" and row[-3] == "width 0.0625, 2 it, batch 2"
+        assert row[-1] == "ok"
+        assert row[-3] == "width 0.0625, 2 it, batch 2, scored padded to 513"
         cells = row[len(spec.columns) : -3]
         measured, paper = cells[0::2], cells[1::2]
         assert paper == [f"{paper_row.paper[m.name]:.{m.digits}f}" for m in spec.measures]

@@ -53,9 +53,9 @@ def to_state_dict(layers: list[Layer], rec: Recognised) -> dict[str, Tensor]:
         place = rec.places.get(layer.name)
         if place is None:
             continue
-        if layer.name.startswith("bn"):
+        if layer.type == "BatchNorm":  # by type: names vary between releases
             tensors = batchnorm(layer)
-        elif layer.name.startswith("scale"):
+        elif layer.type == "Scale":
             tensors = scale(layer)
         else:
             tensors = conv(layer)

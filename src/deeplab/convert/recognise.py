@@ -20,7 +20,11 @@ CAFFE_NORMALIZATION = CAFFE.override_list()
 CAFFE_TEST_PROTOCOL = ["tta.pad_to=513"]
 ASPP_L_RATES = [6, 12, 18, 24]
 IMAGENET_CLASSES = 1000
-MSC_SUFFIXES = ("_res075", "_res05")
+# The released MSC nets name each scale copy by a tag `_res075` / `_res05`: as a suffix in the
+# backbone (`conv1_res05`, `res2a_branch1_res075`), before the branch index in the classifier
+# (`fc1_voc12_res05_c0`), and the tag may sit anywhere between two name parts. The scale-1 layer's
+# name is the copy's name without its tag.
+_MSC_TAG = re.compile(r"_res0\d+(?=_|$)")
 
 _RESNET = re.compile(r"^(res|bn|scale)([2-5])([a-z])(\d*)_branch(1|2a|2b|2c)$")
 _RESNET_STEM = {"conv1": "conv1", "bn_conv1": "bn1", "scale_conv1": "bn1"}
@@ -78,16 +82,22 @@ def _resnet_place(name: str) -> str | None:
     return f"layer{int(stage) - 1}.{block}.{conv if kind == 'res' else bn}"
 
 
+def msc_original(name: str) -> str | None:
+    """The scale-1 layer an MSC copy shares its weights with, None for a scale-1 layer."""
+    match = _MSC_TAG.search(name)
+    return None if match is None else name[: match.start()] + name[match.end() :]
+
+
 def _split_msc(layers: list[Layer]) -> tuple[list[Layer], dict[str, str]]:
     """The scale-1 layers, and the MSC copies (checked equal to their scale-1 layer) dropped."""
     by_name = {lay.name: lay for lay in layers}
     kept, dropped = [], {}
     for lay in layers:
-        suffix = next((s for s in MSC_SUFFIXES if lay.name.endswith(s)), None)
-        if suffix is None:
+        original = msc_original(lay.name)
+        if original is None:
             kept.append(lay)
             continue
-        base = by_name.get(lay.name[: -len(suffix)])
+        base = by_name.get(original)
         if base is None:
             kept.append(lay)  # no scale-1 layer: left unplaced
             continue
@@ -202,7 +212,7 @@ def _recognise_vgg(layers, drop_classifier: bool) -> Recognised:
 def recognise(layers: list[Layer], drop_classifier: bool = False) -> tuple[Recognised, list]:
     """(what the file is, the layers that could not be placed)."""
     # An MSC net has scale copies of its layers, whether or not the file repeats their weights.
-    msc = any(lay.name.endswith(MSC_SUFFIXES) for lay in layers)
+    msc = any(msc_original(lay.name) is not None for lay in layers)
     kept, msc_dropped = _split_msc([lay for lay in layers if lay.blobs])
     names = {lay.name for lay in kept}
     if {"conv1", "res5c_branch2c"} <= names:

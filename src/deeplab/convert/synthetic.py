@@ -5,6 +5,7 @@ random. `write_caffemodel` writes either layer format: the new `layer` (field 10
 blobs, or the V1 `layers` (field 2) with enum types and legacy num/channels/height/width blobs.
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def resnet101_layers(
     imagenet_fc: bool = False,
     seed: int = 0,
 ) -> list[CaffeLayer]:
-    """DeepLab v2 ResNet-101 (`fc1_voc12_c0..3`, MSC copies `*_res075` / `*_res05`), MSRA's
+    """DeepLab v2 ResNet-101 (`fc1_voc12_c0..3`, MSC copies named as `msc_copy_name`), MSRA's
     ImageNet model (`imagenet_fc`: `fc1000`, no DeepLab classifier), or a single 1x1 `fc1_coco`
     classifier (`aspp=False`)."""
     rng = np.random.default_rng(seed)
@@ -123,13 +124,19 @@ def resnet101_layers(
     elif num_classes is not None:
         layers.append(_conv(rng, "fc1_coco", num_classes, in_ch, 1, True))
     if msc:  # DeepLab v2's train/test nets hold a copy of every layer per extra scale
-        copies = [
-            CaffeLayer(f"{lay.name}{suffix}", lay.type, lay.blobs)
-            for suffix in ("_res075", "_res05")
+        layers += [
+            CaffeLayer(msc_copy_name(lay.name, tag), lay.type, lay.blobs)
+            for tag in ("_res075", "_res05")
             for lay in layers
         ]
-        layers += copies
     return layers
+
+
+def msc_copy_name(name: str, tag: str) -> str:
+    """The released name of a layer's MSC copy: the scale tag before the classifier's branch
+    index (`fc1_voc12_res05_c0`), a suffix everywhere else (`res2a_branch1_res05`)."""
+    match = re.fullmatch(r"(fc1.*)(_c\d+)", name)
+    return f"{match[1]}{tag}{match[2]}" if match else f"{name}{tag}"
 
 
 def vgg16_layers(

@@ -117,8 +117,17 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.val_set = self.dataset("val")
 
     def train_dataloader(self) -> DataLoader:
-        return ResumableLoader(  # resumes exactly from a mid-epoch checkpoint (SIGTERM)
-            self.train_set, self.batch_size, shuffle=True, drop_last=False, **self.loader_args
+        """Whole batches only, as Caffe never makes a partial one (the last few images of an
+        epoch's shuffled order wait for the next epoch); resumes exactly from a mid-epoch
+        checkpoint (SIGTERM)."""
+        if len(self.train_set) < self.batch_size:
+            raise UserError(
+                f"data.batch_size={self.batch_size} is larger than the {len(self.train_set)} "
+                f"training images under {self.root}: no whole batch can be made; lower "
+                "data.batch_size (and raise trainer.accumulate_grad_batches to keep the batch)"
+            )
+        return ResumableLoader(
+            self.train_set, self.batch_size, shuffle=True, drop_last=True, **self.loader_args
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -53,7 +53,8 @@ def _value(jobs: list[Job], key: str, scale: float) -> Value:
 
 def describe_run(job: Job) -> str:
     """What the job actually trained: width, iterations and global batch (per-process batch x
-    gradient accumulation x devices x nodes), so a smoke run is never mistaken for the paper's."""
+    gradient accumulation x devices x nodes), so a smoke run is never mistaken for the paper's,
+    and the protocol that scored it."""
     cfg = job.config
     parts = []
     width = OmegaConf.select(cfg, "model.width_mult")
@@ -72,7 +73,15 @@ def describe_run(job: Job) -> str:
             else:  # devices=-1 / "auto": the count is only known on the machine that ran it
                 unknown = f" x {key.split('.')[1]}={factor}"
         parts.append(f"batch {batch}{unknown}")
+    parts.append(scoring_protocol(cfg))
     return ", ".join(parts)
+
+
+def scoring_protocol(cfg) -> str:
+    """Which test protocol scored the job's final validation: the released test nets' (padded to
+    `tta.pad_to` with the mean colour, scores zoomed with corners aligned) or the plain one."""
+    pad_to = OmegaConf.select(cfg, "tta.pad_to")
+    return f"scored padded to {pad_to}" if pad_to else "scored unpadded"
 
 
 def build_rows(spec: TableSpec, jobs: list[Job]) -> list[RowResult]:
