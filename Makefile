@@ -12,11 +12,11 @@ PYTEST_ARGS ?= -n 2
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# The package is installed editable (pyproject.toml): `import deeplab` from anywhere, edits live.
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_EXTRA) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(PY) -c "import os, site; open(os.path.join(site.getsitepackages()[0], 'deeplab_src.pth'), 'w').write(os.path.abspath('src') + '\n')"
+	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 

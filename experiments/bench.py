@@ -12,13 +12,13 @@ experiments/bench_data.py. Prints a markdown table, writes JSON (--out).
 """
 
 import argparse
+import importlib.util
 import json
 import multiprocessing as mp
 import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -27,9 +27,9 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from deeplab import speed
-from deeplab.losses import segmentation_loss
-from deeplab.optim import build_sgd
+from deeplab.engine import speed
+from deeplab.engine.losses import segmentation_loss
+from deeplab.engine.optimizer import build_sgd
 
 REPO = Path(__file__).resolve().parents[1]
 # row name -> (conf/model file, conf/backbone file, msc)
@@ -202,11 +202,14 @@ def cpu_name() -> str:
 
 
 def _experiments_module(name: str):
-    """Import a sibling script of experiments/ (bench_crf, bench_data), or None if absent."""
-    if not (REPO / "experiments" / f"{name}.py").exists():
+    """A sibling script of experiments/ (bench_crf, bench_data) as a module, or None if absent."""
+    path = REPO / "experiments" / f"{name}.py"
+    if not path.exists():
         return None
-    sys.path.insert(0, str(REPO / "experiments"))
-    return __import__(name)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def bench_data(args: argparse.Namespace) -> dict | None:

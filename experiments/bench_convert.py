@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from deeplab.convert.convert import convert, save
-from deeplab.convert.synthetic import resnet101_layers, write_caffemodel
+from deeplab.weights.caffe.converter import convert, save
+from deeplab.weights.caffe.released_layouts import resnet101_layers, write_caffemodel
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ def make_input(height: int, width: int, classes: int, seed: int = 0, index: int 
     """A real photo and a coarse, noisy softmax from its truth (VOC sample if present)."""
     names = sorted((VOC_SAMPLE / "JPEGImages").glob("*.jpg")) if VOC_SAMPLE.is_dir() else []
     if names:
-        from deeplab.data.reader import read_mask
-        from deeplab.images import read_rgb
+        from deeplab.data.dataset import read_mask
+        from deeplab.data.images import read_rgb
 
         name = names[index % len(names)]
         image = read_rgb(name)

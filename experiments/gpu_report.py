@@ -43,12 +43,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from deeplab import speed
-from deeplab.config import compose
 from deeplab.data.transforms import normalize
-from deeplab.inference import resize, wrap
-from deeplab.losses import segmentation_loss
-from deeplab.optim import build_optimizer
+from deeplab.engine import speed
+from deeplab.engine.losses import segmentation_loss
+from deeplab.engine.optimizer import build_optimizer
+from deeplab.engine.test_time import resize, wrap
+from deeplab.runtime.config import compose
 from deeplab.tables.paper import SPEED, TABLE1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -557,7 +557,8 @@ def sections(profile: Profile) -> dict[str, Section]:
         "loss": Section(
             "Training loss on a fixed batch",
             "`model=aspp_l backbone=resnet101 model.msc=true`, seed-0 random weights, one batch, "
-            "no update: deeplab.losses.segmentation_loss (the fused and the three scales' losses).",
+            "no update: deeplab.engine.losses.segmentation_loss (the fused and the three scales' "
+            "losses).",
             ["precision", "loss", "finite", "relative difference to fp32"],
         ),
         "train": Section(
@@ -594,7 +595,8 @@ def sections(profile: Profile) -> dict[str, Section]:
         ),
         "eval": Section(
             "Evaluation: ResNet-101 ASPP-L, one image at a time",
-            "conf/evaluate.yaml's network (deeplab.inference.wrap over `tta`), softmax at full "
+            "conf/evaluate.yaml's network (deeplab.engine.test_time.wrap over `tta`), softmax at "
+            "full "
             "size, then `crf=deeplab_resnet101` with the torch backend on the device, then argmax; "
             f"median of {p.steps} after {p.warmup} warm-up.",
             ["pipeline", "precision", "input", "ms / image", "img/s", "peak MiB"],

@@ -1,4 +1,4 @@
-"""Print a paper table from a Hydra multirun folder, beside the paper's numbers (DESIGN I7).
+"""Print a paper table from a Hydra multirun folder, beside the paper's numbers (design.md I7).
 
     python experiments/tables.py multirun/2026-11-21/23-10-00
 
@@ -7,15 +7,10 @@ prints it as markdown and writes tableN.md, tableN.csv and tableN.png next to th
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parents[1] / "src")
-)  # works without the venv's .pth
-
-from deeplab.cli import reports_user_errors  # noqa: E402
-from deeplab.tables import TABLES, make_table  # noqa: E402
+from deeplab.runtime.cli import reports_user_errors
+from deeplab.tables import TABLES, make_table
 
 
 @reports_user_errors

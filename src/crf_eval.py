@@ -1,4 +1,5 @@
-"""Score a CRF setting on saved probabilities and write metrics.json (val/ and val_crf/, DESIGN I6).
+"""Score a CRF setting on saved probabilities and write metrics.json (val/ and val_crf/,
+design.md I6).
 
 `python src/crf_eval.py probs_dir=<dir> crf=deeplab_vgg16 crf.bi_w=5`; with `-m` Hydra sweeps
 `crf.*` and each job writes its own metrics.json. The grid search with its coarse-to-fine
@@ -11,12 +12,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.cli import reports_user_errors
-from deeplab.crf.search import evaluate, load_split, score
-from deeplab.errors import UserError
-from deeplab.progress import Progress
-from deeplab.results import as_metrics, print_table, write_metrics
-from deeplab.validate import check_config
+from deeplab.crf.search import load_split, score, score_setting
+from deeplab.engine.results import as_metrics, print_table, write_metrics
+from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.config_checks import check_config
+from deeplab.runtime.errors import UserError
+from deeplab.runtime.progress import Progress
 
 
 @hydra.main(config_path="../conf", config_name="crf_eval", version_base="1.3")
@@ -28,7 +29,7 @@ def main(cfg: DictConfig) -> float:
     crf = hydra.utils.instantiate(cfg.crf)
     images, probs, masks = load_split(hydra.utils.to_absolute_path(cfg.probs_dir), cfg.limit)
     with Progress(f"CRF ({crf.backend})", len(images), "images") as bar:
-        crf_scores = evaluate(crf, images, probs, masks, cfg.num_workers, bar.advance)
+        crf_scores = score_setting(crf, images, probs, masks, cfg.num_workers, bar.advance)
     results = {"val": score(probs, masks), "val_crf": crf_scores}
     metrics = as_metrics(results)
     metrics["num_images"] = len(images)

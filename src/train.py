@@ -8,8 +8,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.cli import reports_user_errors
-from deeplab.pipeline import train
+from deeplab.engine.pipeline import train
+from deeplab.runtime.cli import reports_user_errors
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")

@@ -2,7 +2,7 @@
 lists, a forward pass written from the Caffe layers' definitions, and `.caffemodel` writers.
 
 Nothing here imports the project's networks: the layer lists mirror the released prototxts
-(VGG-16 ASPP-L and ResNet-101 MSC ASPP-L of DeepLab v2, DeepLab-LargeFOV of v1, SPEC §12), and
+(VGG-16 ASPP-L and ResNet-101 MSC ASPP-L of DeepLab v2, DeepLab-LargeFOV of v1, paper.md §12), and
 each layer is computed as Caffe defines it (`pooling_layer.cpp`, `interp_layer.cpp`,
 `util/interp.cpp`, `batch_norm_layer.cpp`, `scale_layer.cpp`, `eltwise_layer.cpp`). Only the
 multiply-adds are borrowed from torch (`F.conv2d` and tensor sums); every size, padding and
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Caffe's input convention: BGR, minus this per-channel mean, no scaling (SPEC §12).
+# Caffe's input convention: BGR, minus this per-channel mean, no scaling (paper.md §12).
 BGR_MEAN = (104.008, 116.669, 122.675)
 NUM_CLASSES = 21
 BN_EPS = 1e-5  # BatchNormParameter.eps default
@@ -449,7 +449,7 @@ def write_caffemodel(path: Path, net: list[Layer], weights: dict, v1: bool = Fal
     1 x 1 x 1 x n, as DeepLab v1's caffemodels are. Layer types without a V1 enum (DeepLab's
     Interp) are left out of a V1 file; they hold no weights.
     """
-    from deeplab.convert import caffe_pb
+    from deeplab.weights.caffe import caffe_pb
 
     proto = caffe_pb.NetParameter(name="deeplab")
     for layer in net:

@@ -1,6 +1,5 @@
 """Shared test fixtures: repo paths, configs and the real VOC sample beside the checkout."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -8,9 +7,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHARED_VOC = REPO.parent / "shared" / "data" / "voc_sample"
-
-if str(REPO / "src") not in sys.path:  # also works without `make install`'s .pth file
-    sys.path.insert(0, str(REPO / "src"))
 
 
 @pytest.fixture

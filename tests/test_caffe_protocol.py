@@ -1,4 +1,4 @@
-"""Training and test details of the released Caffe prototxts (SPEC §12), checked by hand."""
+"""Training and test details of the released Caffe prototxts (paper.md §12), checked by hand."""
 
 import cv2
 import numpy as np
@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab.config import compose
 from deeplab.data.transforms import CAFFE_MEAN_RGB, train_transform
-from deeplab.errors import UserError
-from deeplab.inference import wrap
-from deeplab.losses import segmentation_loss, shrink_labels
+from deeplab.engine.losses import segmentation_loss, shrink_labels
+from deeplab.engine.pipeline import evaluate, train
+from deeplab.engine.test_time import wrap
 from deeplab.models import MSC
-from deeplab.pipeline import evaluate, train
+from deeplab.runtime.config import compose
+from deeplab.runtime.errors import UserError
 
 
 def random_labels(size: int, seed: int = 0) -> torch.Tensor:

@@ -9,12 +9,17 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from deeplab.config import compose
-from deeplab.convert.__main__ import main
-from deeplab.convert.convert import convert
-from deeplab.convert.recognise import msc_original
-from deeplab.convert.synthetic import CaffeLayer, resnet101_layers, vgg16_layers, write_caffemodel
-from deeplab.errors import UserError
+from deeplab.convert import main
+from deeplab.runtime.config import compose
+from deeplab.runtime.errors import UserError
+from deeplab.weights.caffe.converter import convert
+from deeplab.weights.caffe.recognise import msc_original
+from deeplab.weights.caffe.released_layouts import (
+    CaffeLayer,
+    resnet101_layers,
+    vgg16_layers,
+    write_caffemodel,
+)
 
 W = 0.0625  # narrow networks: the layout is the released one, the widths 1/16
 
@@ -92,7 +97,9 @@ def test_msc_copies_are_named_as_the_released_nets_name_them(name, original):
 def test_msc_classifier_copies_with_the_scale_tag_as_suffix_also_convert(tmp_path):
     """Files written with the tag after the branch index (other exports) place the same way."""
     layers = [
-        CaffeLayer(re.sub(r"^(fc1_voc12)(_res0\d+)(_c\d)$", r"\1\3\2", lay.name), lay.type, lay.blobs)
+        CaffeLayer(
+            re.sub(r"^(fc1_voc12)(_res0\d+)(_c\d)$", r"\1\3\2", lay.name), lay.type, lay.blobs
+        )
         for lay in resnet101_layers(W)
     ]
     assert "fc1_voc12_c0_res05" in by_name(layers)
@@ -237,7 +244,7 @@ def test_bad_caffemodels_get_one_clear_error_and_no_output(tmp_path, capsys, con
     assert message in str(err.value)
     with pytest.raises(SystemExit) as refused:
         main([str(src), str(tmp_path / "out.pth")])
-    assert refused.value.code == 2  # the message alone (deeplab.cli), no traceback
+    assert refused.value.code == 2  # the message alone (deeplab.runtime.cli), no traceback
     assert "Error:" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()
 
 

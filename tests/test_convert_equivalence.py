@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from deeplab.config import compose
+from deeplab.runtime.config import compose
 
 RTOL = 1e-6
 # name: (layer list builder, width, V1 format, score blob)
@@ -125,7 +125,7 @@ def test_reference_nets_have_the_released_layout():
 
 @pytest.mark.parametrize("v1", [False, True])
 def test_caffemodel_writer_uses_the_requested_layer_format(tmp_path, v1):
-    from deeplab.convert import caffe_pb
+    from deeplab.weights.caffe import caffe_pb
 
     net = ref.largefov(1 / 32)
     weights = ref.random_weights(net, seed=0)
@@ -149,7 +149,7 @@ def test_caffemodel_writer_uses_the_requested_layer_format(tmp_path, v1):
 
 def _convert(src: Path, dst: Path) -> dict:
     """`python -m deeplab.convert SRC DST`, in-process; returns the saved file."""
-    from deeplab.convert.__main__ import main
+    from deeplab.convert import main
 
     main([str(src), str(dst)])
     return torch.load(dst, weights_only=True)

@@ -15,7 +15,7 @@ from PIL import Image
 from deeplab.crf import DenseCRF, refine_many
 from deeplab.crf.queue import RefineQueue
 from deeplab.crf.search import score
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 NUM_VOC_IMAGES = 5
 
@@ -326,8 +326,8 @@ def test_validation_overlaps_the_crf_and_counts_the_same():
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
-    from deeplab.metrics import confusion_matrix
-    from deeplab.module import SegmentationModule
+    from deeplab.data.metrics import confusion_matrix
+    from deeplab.engine.lightning_module import SegmentationModule
 
     g = torch.Generator().manual_seed(0)
     data = []

@@ -23,7 +23,7 @@ from deeplab.crf import (
     save_probabilities,
 )
 from deeplab.crf.search import confusion, main
-from deeplab.progress import Progress
+from deeplab.runtime.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"

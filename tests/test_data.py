@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from deeplab.data import SyntheticDataModule, VOCDataModule
-from deeplab.data.reader import read_ids, write_mask
+from deeplab.data.dataset import read_ids, write_mask
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, denormalize, normalize, train_transform
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 

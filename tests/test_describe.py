@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from deeplab.models import build_deeplab
+from deeplab.models.table1_columns import format_table, table1_columns
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-from describe import describe, format_table  # noqa: E402
 
 
 def meta_deeplab(**kwargs) -> nn.Module:
@@ -20,23 +19,23 @@ def meta_deeplab(**kwargs) -> nn.Module:
 
 
 def test_table1_row_4_largefov():
-    row = describe(meta_deeplab())
+    row = table1_columns(meta_deeplab())
     columns = ("kernel", "rate", "FOV", "params", "logits")
     assert [row[c] for c in columns] == ["3x3", "12", "224", "20.51M", "41x41"]
     assert float(row["GFLOPs"]) > 0
 
 
 def test_fov_formula_for_4x4_and_aspp_and_msc_costs_more():
-    assert describe(meta_deeplab(kernel_size=4, rates=(4,), head_width=4096))["FOV"] == "128"
-    aspp = describe(meta_deeplab(rates=(6, 12, 18, 24)))
+    assert table1_columns(meta_deeplab(kernel_size=4, rates=(4,), head_width=4096))["FOV"] == "128"
+    aspp = table1_columns(meta_deeplab(rates=(6, 12, 18, 24)))
     assert aspp["rate"] == "6/12/18/24" and aspp["FOV"] == "128/224/320/416"
-    msc = describe(meta_deeplab(msc=True))
+    msc = table1_columns(meta_deeplab(msc=True))
     assert msc["logits"] == "41x41"
-    assert float(msc["GFLOPs"]) > 1.5 * float(describe(meta_deeplab())["GFLOPs"])
+    assert float(msc["GFLOPs"]) > 1.5 * float(table1_columns(meta_deeplab())["GFLOPs"])
 
 
 def test_non_deeplab_network_shows_dashes():
-    row = describe(nn.Sequential(nn.Conv2d(3, 21, 3, stride=8, padding=1)), input_size=64)
+    row = table1_columns(nn.Sequential(nn.Conv2d(3, 21, 3, stride=8, padding=1)), input_size=64)
     assert (row["kernel"], row["rate"], row["FOV"], row["logits"]) == ("-", "-", "-", "8x8")
     assert "| - | - | - |" in format_table([row])
 

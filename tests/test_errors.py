@@ -1,5 +1,5 @@
-"""A user's mistakes (DESIGN I9): config values refused before anything is built, unreadable files
-named, checkpoints of another network refused with overrides that work, and the command-line
+"""A user's mistakes (design.md I9): config values refused before anything is built, unreadable
+files named, checkpoints of another network refused with overrides that work, and the command-line
 tools printing the message alone."""
 
 import os
@@ -14,17 +14,17 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from deeplab.checkpoint import describe, load_network
-from deeplab.cli import reports_user_errors
-from deeplab.config import compose
 from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.crf.search import main as crf_search
-from deeplab.data.reader import read_ids
-from deeplab.errors import MissingFileError, UserError
-from deeplab.models.pretrained import read_state_dict
-from deeplab.pipeline import evaluate, model_config, predict, train
+from deeplab.data.dataset import read_ids
+from deeplab.engine.pipeline import evaluate, model_config, predict, train
+from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.config import compose
+from deeplab.runtime.config_checks import check_config
+from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.tables.runs import load_jobs
-from deeplab.validate import check_config
+from deeplab.weights.checkpoint import checkpoint_record, load_network
+from deeplab.weights.pretrained import read_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["data=synthetic", "debug=smoke", "data.num_train=8", "data.num_val=3"]
@@ -206,7 +206,9 @@ def save_checkpoint(path, overrides: list[str]) -> None:
     cfg = compose("train", [*SMOKE, *overrides])
     net = instantiate(cfg.model)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
-    meta = describe(net, cfg.data.num_classes, cfg.data.mean, cfg.data.std, model_config(cfg))
+    meta = checkpoint_record(
+        net, cfg.data.num_classes, cfg.data.mean, cfg.data.std, model_config(cfg)
+    )
     torch.save(
         {"pytorch-lightning_version": pl.__version__, "state_dict": state, "deeplab": meta}, path
     )

@@ -6,10 +6,10 @@ import hydra
 import pytest
 import torch
 
-from deeplab.config import compose
 from deeplab.crf import load_probabilities, probability_files
-from deeplab.inference import MultiScaleFlip, SlidingWindow, resize
-from deeplab.pipeline import evaluate, train
+from deeplab.engine.pipeline import evaluate, train
+from deeplab.engine.test_time import MultiScaleFlip, SlidingWindow, resize
+from deeplab.runtime.config import compose
 
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
 

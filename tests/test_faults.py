@@ -19,10 +19,10 @@ import pytorch_lightning as pl
 import torch
 from conftest import REPO
 
-from deeplab import run_lock
-from deeplab.config import compose
-from deeplab.errors import UserError
-from deeplab.pipeline import evaluate, train
+from deeplab.engine.pipeline import evaluate, train
+from deeplab.runtime import run_lock
+from deeplab.runtime.config import compose
+from deeplab.runtime.errors import UserError
 
 # 8 train images, batch 2: four steps per epoch, two epochs, a last.ckpt after each.
 SMOKE = [

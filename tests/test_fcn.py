@@ -5,11 +5,12 @@ import torch
 from hydra.utils import instantiate
 from test_pretrained import tv_vgg16
 
-from deeplab.config import compose
 from deeplab.models import FCN, build_fcn, count_parameters
 from deeplab.models.fcn import crop_offsets
-from deeplab.models.pretrained import apply_plan, vgg16_fc_plan, vgg16_features_plan
 from deeplab.models.upsample import BilinearTransposed, ResizeConv, bilinear_kernel
+from deeplab.runtime.config import compose
+from deeplab.weights.networks import build_fcn as build_fcn_with_weights
+from deeplab.weights.pretrained import apply_plan, vgg16_fc_plan, vgg16_features_plan
 
 VGG = {"name": "vgg16", "pretrained": None}
 W = 0.0625
@@ -107,11 +108,18 @@ def test_pretrained_plan_fills_the_full_size_fcn_including_the_7x7_fc6():
 def test_pretrained_file_initialises_backbone_fc6_and_fc7(tmp_path):
     state = tv_vgg16(W)
     torch.save(state, tmp_path / "vgg16.pth")
-    net = build_fcn(21, VGG | {"pretrained": str(tmp_path / "vgg16.pth")}, width_mult=W)
+    path = str(tmp_path / "vgg16.pth")
+    net = build_fcn_with_weights(21, VGG | {"pretrained": path}, width_mult=W)
     fc6 = state["classifier.0.weight"].reshape(net.head.fc6.weight.shape)
     assert torch.equal(net.head.fc6.weight, fc6)
     assert torch.equal(net.backbone.stages.stage5.conv5_3.weight, state["features.28.weight"])
     assert not net.head.fc8.weight.any()  # score_fr stays zero: not in the ImageNet file
+
+
+def test_networks_read_no_weight_file():
+    """deeplab.models builds; a weight file is refused there, read by deeplab.weights."""
+    with pytest.raises(ValueError, match="read by the builders in deeplab.weights"):
+        build_fcn(21, VGG | {"pretrained": "vgg16.pth"}, width_mult=W)
 
 
 def test_staged_training_copies_the_previous_stage_and_keeps_new_skips_zero(tmp_path):
@@ -120,15 +128,17 @@ def test_staged_training_copies_the_previous_stage_and_keeps_new_skips_zero(tmp_
         fcn32.head.fc8.weight.normal_()  # pretend it was trained
     ckpt = tmp_path / "fcn32s.ckpt"
     torch.save({"state_dict": {f"net.{k}": v for k, v in fcn32.state_dict().items()}}, ckpt)
-    fcn16 = build_fcn(4, VGG, stage=16, width_mult=W, init_from=str(ckpt))
+    fcn16 = build_fcn_with_weights(4, VGG, stage=16, width_mult=W, init_from=str(ckpt))
     assert torch.equal(fcn16.head.fc8.weight, fcn32.head.fc8.weight)
     conv1_1 = [net.backbone.stages.stage1.conv1_1.weight for net in (fcn16, fcn32)]
     assert torch.equal(*conv1_1)
     assert not fcn16.score_pool["pool4"].weight.any()
     with pytest.raises(ValueError, match="not an earlier stage"):
-        build_fcn(4, VGG, stage=16, width_mult=2 * W, init_from=str(ckpt))
+        build_fcn_with_weights(4, VGG, stage=16, width_mult=2 * W, init_from=str(ckpt))
     with pytest.raises(FileNotFoundError, match="model.init_from"):
-        build_fcn(4, VGG, stage=16, width_mult=W, init_from=str(tmp_path / "none.ckpt"))
+        build_fcn_with_weights(
+            4, VGG, stage=16, width_mult=W, init_from=str(tmp_path / "none.ckpt")
+        )
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab.data.reader import SegmentationDataset, read_mask, write_mask
-from deeplab.errors import MissingFileError, UserError
-from deeplab.images import read_rgb, to_rgb
+from deeplab.data.dataset import SegmentationDataset, read_mask, write_mask
+from deeplab.data.images import read_rgb, to_rgb
+from deeplab.runtime.errors import MissingFileError, UserError
 
 # A 4 x 6 picture: left half red, right half a grey ramp, as a viewer shows it.
 H, W = 4, 6

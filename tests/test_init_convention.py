@@ -7,13 +7,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from deeplab.checkpoint import load_network
-from deeplab.config import compose
-from deeplab.conventions import CAFFE, TORCHVISION, check_run
-from deeplab.convert.convert import convert, save
-from deeplab.convert.synthetic import resnet101_layers, vgg16_layers, write_caffemodel
-from deeplab.errors import UserError
-from deeplab.pipeline import train
+from deeplab.engine.pipeline import train
+from deeplab.runtime.config import compose
+from deeplab.runtime.errors import UserError
+from deeplab.weights.caffe.converter import convert, save
+from deeplab.weights.caffe.released_layouts import resnet101_layers, vgg16_layers, write_caffemodel
+from deeplab.weights.checkpoint import load_network
+from deeplab.weights.conventions import CAFFE, TORCHVISION, check_run
 
 W = 0.0625
 

@@ -1,11 +1,11 @@
-"""SPEC §8 scores on confusion matrices built by hand."""
+"""paper.md §8 scores on confusion matrices built by hand."""
 
 import math
 
 import pytest
 import torch
 
-from deeplab.metrics import confusion_matrix, flatten, scores
+from deeplab.data.metrics import confusion_matrix, flatten, scores
 
 NAMES = ["a", "b", "c"]
 

@@ -1,11 +1,11 @@
-"""DeepLab's parameter groups and the poly / step schedules (SPEC §2) on real networks."""
+"""DeepLab's parameter groups and the poly / step schedules (paper.md §2) on real networks."""
 
 import hydra
 import pytest
 import torch
 
-from deeplab.config import compose
-from deeplab.optim import build_optimizer, build_scheduler, build_sgd
+from deeplab.engine.optimizer import build_optimizer, build_scheduler, build_sgd
+from deeplab.runtime.config import compose
 
 BASE_LR = 1e-3
 MULT = {"weight": 1, "bias": 2, "classifier_weight": 10, "classifier_bias": 20}

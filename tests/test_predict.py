@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deeplab.config import compose
-from deeplab.pipeline import SkippedImages, predict, train
+from deeplab.engine.pipeline import SkippedImages, predict, train
+from deeplab.runtime.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]

@@ -22,8 +22,9 @@ from deeplab.data import (
     PersonPartDataModule,
     VOCDataModule,
 )
+from deeplab.data.dataset import read_ids, read_mask, write_mask
 from deeplab.data.prepare.__main__ import main
-from deeplab.data.prepare.convert import convert_all, sbd_mask
+from deeplab.data.prepare.annotations import convert_all, sbd_mask
 from deeplab.data.prepare.datasets import (
     prepare_cityscapes,
     prepare_context,
@@ -31,8 +32,7 @@ from deeplab.data.prepare.datasets import (
     prepare_sbd,
 )
 from deeplab.data.prepare.fetch import Archive, download, md5sum
-from deeplab.data.reader import read_ids, read_mask, write_mask
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 H, W = 12, 16
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from deeplab.models import build_deeplab
-from deeplab.models.pretrained import apply_plan, resnet_plan, vgg16_fc_plan, vgg16_features_plan
+from deeplab.weights.networks import build_deeplab
+from deeplab.weights.pretrained import apply_plan, resnet_plan, vgg16_fc_plan, vgg16_features_plan
 
 W = 0.0625  # narrow: VGG stages 4..32 channels, fc 256, ResNet stem 4
 VGG16_CONVS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)

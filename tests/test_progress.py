@@ -1,10 +1,11 @@
-"""deeplab.progress: a live bar in a terminal, plain lines (no control characters) in a log."""
+"""deeplab.runtime.progress: a live bar in a terminal, plain lines (no control characters) in
+a log."""
 
 import io
 
 from rich.console import Console
 
-from deeplab.progress import Progress, track
+from deeplab.runtime.progress import Progress, track
 
 
 def log_console() -> Console:

@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from deeplab.models import build_deeplab
-from deeplab.receptive_field import (
+from deeplab.models.receptive_field import (
     chain_receptive_field,
     effective_kernel,
     gradient_receptive_field,
@@ -17,7 +17,7 @@ VGG = {"name": "vgg16", "pretrained": None}
 def test_effective_kernel_and_paper_fov():
     assert [effective_kernel(3, r) for r in (1, 2, 4, 12)] == [3, 5, 9, 25]
     assert effective_kernel(7, 4) == effective_kernel(4, 8) == 25
-    # Table 1's FOV column (SPEC §1): 7x7 r4, 4x4 r4, 4x4 r8, 3x3 r12.
+    # Table 1's FOV column (paper.md §1): 7x7 r4, 4x4 r4, 4x4 r8, 3x3 r12.
     assert [paper_fov(k, r) for k, r in ((7, 4), (4, 4), (4, 8), (3, 12))] == [224, 128, 224, 224]
 
 

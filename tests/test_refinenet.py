@@ -6,12 +6,12 @@ from hydra.utils import instantiate
 from test_pretrained import tv_resnet101
 from torch import nn
 
-from deeplab.config import compose
+from deeplab.engine.optimizer import build_sgd
 from deeplab.models import RefineNet, build_refinenet, count_parameters
-from deeplab.models.pretrained import apply_plan, resnet_plan
 from deeplab.models.refinenet import RCU, ChainedResidualPooling, MultiResolutionFusion
-from deeplab.optim import build_sgd
-from describe import describe, format_table
+from deeplab.models.table1_columns import format_table, table1_columns
+from deeplab.runtime.config import compose
+from deeplab.weights.pretrained import apply_plan, resnet_plan
 
 RESNET = {"name": "resnet101", "pretrained": None}
 W = 0.0625
@@ -38,7 +38,7 @@ def test_model_refinenet_picks_resnet101_and_has_the_released_size():
 
 
 def test_describe_prints_refinenet_and_fcn8s_parameter_counts():
-    rows = [{"model": m} | describe(meta(m)) for m in ("refinenet", "fcn8s")]
+    rows = [{"model": m} | table1_columns(meta(m)) for m in ("refinenet", "fcn8s")]
     table = format_table(rows)
     assert "| refinenet | - | - | - | - | 118.05M | 81x81 |" in table
     assert "| fcn8s | - | - | - | - | 134.49M | 321x321 |" in table

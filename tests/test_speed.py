@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deeplab import speed
+from deeplab.engine import speed
 from deeplab.models import build_deeplab
 from deeplab.models.atrous import AtrousConv2d
 
@@ -116,7 +116,7 @@ def test_train_config_has_the_speed_block():
     """conf/train.yaml's `speed:` holds exactly the keys `speed.apply` takes, at their defaults."""
     from hydra.utils import instantiate
 
-    from deeplab.config import compose
+    from deeplab.runtime.config import compose
 
     cfg = compose("train", ["debug=smoke", "data=synthetic", "speed.atrous_mode=space_to_batch"])
     assert dict(cfg.speed) == {**speed.DEFAULTS, "atrous_mode": "space_to_batch"}

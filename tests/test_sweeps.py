@@ -55,7 +55,7 @@ def test_vgg_recipes(name, model, schedule, batch, steps, crf):
         crf,
     )
     assert (cfg.data.batch_size, cfg.trainer.max_steps, cfg.optim.lr) == (batch, steps, 1e-3)
-    assert cfg.data.random_scale == "none"  # flip + crop only on VGG (SPEC §7)
+    assert cfg.data.random_scale == "none"  # flip + crop only on VGG (paper.md §7)
 
 
 @pytest.mark.parametrize("row", TABLES["table2"].rows, ids=lambda row: row.choice)

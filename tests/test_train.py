@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 from hydra.errors import MissingConfigException
 
-from deeplab.callbacks import ProgressBar
-from deeplab.config import compose
-from deeplab.pipeline import evaluate, train
+from deeplab.engine.callbacks import ProgressBar
+from deeplab.engine.pipeline import evaluate, train
+from deeplab.runtime.config import compose
 
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
 
@@ -64,7 +64,7 @@ def test_demo_recipe_runs_every_stage_and_prints_the_table(tmp_path, capsys):
     assert (tmp_path / "run" / "figure.png").is_file()
     printed = capsys.readouterr()
     assert "val_crf" in printed.out and "IoU diamond" in printed.out  # the final table
-    # Not a terminal: plain progress lines (deeplab.progress), no control characters.
+    # Not a terminal: plain progress lines (deeplab.runtime.progress), no control characters.
     assert "training: 4/4 steps (100%)" in printed.err and "loss " in printed.err
     assert "validation: " in printed.err and "\x1b" not in printed.err
 

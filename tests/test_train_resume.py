@@ -6,8 +6,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from deeplab.config import compose
-from deeplab.pipeline import train
+from deeplab.engine.pipeline import train
+from deeplab.runtime.config import compose
 
 # 4 train images, batch 2: two steps per epoch, a checkpoint after each epoch, 4 steps in all.
 OVERRIDES = [

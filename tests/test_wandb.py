@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from deeplab.config import compose
-from deeplab.loggers import wandb_logged_in
-from deeplab.pipeline import train
+from deeplab.engine.loggers import wandb_logged_in
+from deeplab.engine.pipeline import train
+from deeplab.runtime.config import compose
 
 
 @pytest.mark.slow

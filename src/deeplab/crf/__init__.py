@@ -1,4 +1,5 @@
-"""Fully connected CRF post-processing (SPEC §5, DESIGN I5): pydensecrf and its torch port."""
+"""Fully connected CRF post-processing (paper.md §5, design.md I5): pydensecrf and its torch
+port."""
 
 from deeplab.crf.dense_crf import DenseCRF
 from deeplab.crf.parallel import refine_many

@@ -1,4 +1,4 @@
-"""`DenseCRF`: the callable that `instantiate(cfg.crf)` returns (DESIGN I5).
+"""`DenseCRF`: the callable that `instantiate(cfg.crf)` returns (design.md I5).
 
 Two backends share one set of parameters: `pydensecrf` (the C++ reference, CPU) and `torch`
 (the same lattice and mean field in PyTorch, on CPU or GPU, batched; matches the reference to
@@ -10,7 +10,7 @@ import torch
 
 from deeplab.crf import pydensecrf_backend
 from deeplab.crf.meanfield import mean_field
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 BACKENDS = ("pydensecrf", "torch")
 # What the class maps are: softmax probabilities (unary -log p, clipped at 1e-5 as pydensecrf's

@@ -27,7 +27,7 @@ def refine_many(
     pydensecrf: `num_workers` processes (None or 0: all cores; 1: in this process). torch: images
     are grouped into batches of about BATCH_PIXELS pixels (any sizes mix; no padding needed) and
     `num_workers` is unused. `progress(n)` is called as each n more images are done (e.g.
-    `deeplab.progress.Progress.advance`). `kind`: "probs" or "logits", as for
+    `deeplab.runtime.progress.Progress.advance`). `kind`: "probs" or "logits", as for
     `DenseCRF.__call__`."""
     progress = progress or (lambda n: None)
     if len(images) != len(probs):

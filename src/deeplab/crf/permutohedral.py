@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 # densecrf's SSE path elevates 4 points at a time and pads the last block with zero features;
 # those padding points still create lattice vertices, which the blur then passes mass through.

@@ -1,5 +1,5 @@
 """Saved network outputs for CRF tuning: one .npz per val image, so the search never reruns the
-network (SPEC §5 protocol).
+network (paper.md §5 protocol).
 
 Format, one file per image: `image` uint8 (H, W, 3) RGB; `probs` float16 or float32 (C, H, W)
 softmax at image resolution; `mask` uint8 or int64 (H, W) ground truth, 255 = ignore.
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab.errors import MissingFileError, UserError
-from deeplab.files import read_file
+from deeplab.runtime.errors import MissingFileError, UserError
+from deeplab.runtime.user_files import read_file
 
 
 def save_probabilities(path, image, probs, mask) -> Path:

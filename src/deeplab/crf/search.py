@@ -1,4 +1,5 @@
-"""CRF parameter search on saved probabilities (SPEC §5): `python -m deeplab.crf.search PROBS_DIR`.
+"""CRF parameter search on saved probabilities (paper.md §5):
+`python -m deeplab.crf.search PROBS_DIR`.
 
 The paper's protocol: fix the smoothness kernel (pos_w 3, pos_xy_std 3), grid-search the
 appearance kernel's bi_w in {3..6}, bi_xy_std in {30, 40, ..., 100}, bi_rgb_std in {3..6} on 100
@@ -18,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplab.atomic import written_atomically
-from deeplab.cli import reports_user_errors
 from deeplab.crf.dense_crf import DenseCRF
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
-from deeplab.errors import UserError
-from deeplab.metrics import confusion_matrix, scores
-from deeplab.progress import Progress, track
+from deeplab.data.classes import VOC_CLASSES
+from deeplab.data.metrics import confusion_matrix, scores
+from deeplab.runtime.atomic import written_atomically
+from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.errors import UserError
+from deeplab.runtime.progress import Progress, track
 
 COARSE = {
     "bi_w": [3.0, 4.0, 5.0, 6.0],
@@ -56,19 +58,19 @@ def confusion(preds: list[np.ndarray], masks: list[np.ndarray], num_classes: int
 
 
 def class_names(num_classes: int) -> list[str]:
-    from deeplab.data.classes import VOC_CLASSES
-
     return VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
 
 
 def score(probs: list, masks: list) -> dict:
-    """Scores (percent, deeplab.metrics) of the argmax of each probability map."""
+    """Scores (percent, deeplab.data.metrics) of the argmax of each probability map."""
     k = probs[0].shape[0]
     preds = [np.asarray(p).argmax(0) for p in probs]
     return scores(torch.from_numpy(confusion(preds, masks, k)), class_names(k))
 
 
-def evaluate(crf: DenseCRF, images, probs, masks, num_workers: int | None, progress=None) -> dict:
+def score_setting(
+    crf: DenseCRF, images, probs, masks, num_workers: int | None, progress=None
+) -> dict:
     """Scores after the CRF; `progress(n)` is told as each n more images are refined."""
     return score(refine_many(crf, images, probs, num_workers, progress), masks)
 
@@ -145,16 +147,18 @@ def search(
                     continue
                 setting = dict(zip(AXES, values, strict=True))
                 start = time.perf_counter()
-                s = evaluate(DenseCRF(**crf_kwargs, **setting), images, probs, masks, num_workers)
+                s = score_setting(
+                    DenseCRF(**crf_kwargs, **setting), images, probs, masks, num_workers
+                )
                 results.append(
                     {"stage": stage, **setting, "mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"],
                      "seconds": time.perf_counter() - start}
                 )  # fmt: skip
                 if log:
                     log.append(results[-1])
-                print(f"[{stage}] {describe(setting)}  mIoU {s['mIoU']:.2f}")
+                print(f"[{stage}] {setting_label(setting)}  mIoU {s['mIoU']:.2f}")
                 best = max(results, key=lambda r: r["mIoU"])
-                bar.advance(info=f"best mIoU {best['mIoU']:.2f} at {describe(best)}")
+                bar.advance(info=f"best mIoU {best['mIoU']:.2f} at {setting_label(best)}")
 
     run("coarse", grid)
     if fine_steps:
@@ -162,7 +166,7 @@ def search(
     return results, max(results, key=lambda r: r["mIoU"])
 
 
-def describe(setting: dict) -> str:
+def setting_label(setting: dict) -> str:
     return " ".join(f"{a}={setting[a]:g}" for a in AXES)
 
 

@@ -1,4 +1,4 @@
-"""Data sets behind DESIGN I4: LightningDataModules over one shared VOC-layout reader."""
+"""Data sets behind design.md I4: LightningDataModules over one shared VOC-layout reader."""
 
 from deeplab.data.datamodule import (
     CityscapesDataModule,

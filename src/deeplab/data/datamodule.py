@@ -9,11 +9,11 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
 from deeplab.data import classes
-from deeplab.data.reader import SegmentationDataset, read_ids
+from deeplab.data.dataset import SegmentationDataset, read_ids
 from deeplab.data.resumable import ResumableLoader
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD, pad_collate, train_transform
-from deeplab.errors import MissingFileError, UserError
+from deeplab.runtime.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
 

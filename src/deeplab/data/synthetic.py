@@ -17,8 +17,8 @@ from PIL import Image
 from scipy import ndimage
 
 from deeplab.data.classes import IGNORE_INDEX, SYNTHETIC_CLASSES
-from deeplab.data.reader import write_mask
-from deeplab.errors import UserError
+from deeplab.data.dataset import write_mask
+from deeplab.runtime.errors import UserError
 
 SPLIT_CODES = {"train": 0, "val": 1}
 

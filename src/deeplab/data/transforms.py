@@ -1,4 +1,4 @@
-"""DeepLab's training augmentation (SPEC §7) on albumentations, and the normalization pair.
+"""DeepLab's training augmentation (paper.md §7) on albumentations, and the normalization pair.
 
 Geometry runs through albumentations (image bilinear, mask nearest); the tensor conversion is
 `normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the original RGB.
@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from deeplab.data.classes import IGNORE_INDEX
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
+from deeplab.weights.conventions import CAFFE_MEAN_RGB, UNIT_STD
 
-# The Caffe models' BGR mean (104.008, 116.669, 122.675) in RGB order; no std scaling.
-CAFFE_MEAN_RGB = (122.675, 116.669, 104.008)
-UNIT_STD = (1.0, 1.0, 1.0)
+__all__ = ["CAFFE_MEAN_RGB", "UNIT_STD", "denormalize", "normalize", "pad_collate"]
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

@@ -1,21 +1,14 @@
 """DeepLab v2 networks: VGG-16 / ResNet-101 backbones, atrous heads, MSC, pretrained init;
 FCN-8s and RefineNet for comparison."""
 
-from torch import nn
-
 from deeplab.models.atrous import AtrousConv2d
 from deeplab.models.deeplab import DeepLab, build_backbone, build_deeplab
 from deeplab.models.fcn import FCN, build_fcn
 from deeplab.models.msc import MSC
 from deeplab.models.refinenet import RefineNet, build_refinenet
 from deeplab.models.resnet import ResNet, resnet101
+from deeplab.models.table1_columns import count_parameters
 from deeplab.models.vgg import VGGFeatures
-
-
-def count_parameters(model: nn.Module) -> int:
-    """All parameters, trainable or frozen (the paper's Params column counts both)."""
-    return sum(p.numel() for p in model.parameters())
-
 
 __all__ = [
     "MSC",

@@ -1,6 +1,6 @@
 """The one atrous (dilated) convolution every network here uses, computed either of two ways.
 
-The paper (SPEC §1) names two equivalent ways to compute an atrous convolution at rate r:
+The paper (paper.md §1) names two equivalent ways to compute an atrous convolution at rate r:
 "dilation" (the kernel with r - 1 holes between its taps) and "space-to-batch" (split the input
 into r x r interleaved sub-maps, run the plain kernel on them as one batch, interleave the
 results back). Both give the same numbers; their speed differs per device and layer shape (see
@@ -11,7 +11,7 @@ and `set_atrous_mode` switches all of a model's layers at once.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 ATROUS_MODES = ("auto", "dilation", "space_to_batch")
 

@@ -4,13 +4,13 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
-from deeplab.errors import UserError
+from deeplab.models.fixed_backbone import refuse_weight_files
 from deeplab.models.heads import DeepLabHead, ResNetBranch, VGGBranch
 from deeplab.models.msc import MSC
-from deeplab.models.pretrained import load_pretrained
 from deeplab.models.resnet import resnet101
 from deeplab.models.vgg import VGGFeatures
 from deeplab.models.width import scale_width
+from deeplab.runtime.errors import UserError
 
 BACKBONES = ("vgg16", "vgg16_bn", "resnet101")
 
@@ -80,9 +80,11 @@ def build_deeplab(
     k x k rate-r classifier. `backbone` holds `name`, `pretrained` (torchvision state dict path
     or None) and for ResNet `stride_in_1x1`, `freeze_bn`. `msc=True` wraps the net in `MSC`.
     `pool5a=True` adds DeepLab v1 LargeFOV's 3x3 average pool (on pool5, or on res5 for ResNet).
+    Weights are not read here: `deeplab.weights.build_deeplab` builds this, then loads them.
     """
     opts = dict(backbone)
-    name, pretrained = opts.pop("name", None), opts.pop("pretrained", None)
+    name = opts.pop("name", None)
+    refuse_weight_files(opts)
     allowed = {"resnet101": {"stride_in_1x1", "freeze_bn"}}.get(name, set())
     if set(opts) - allowed:
         raise UserError(
@@ -100,6 +102,4 @@ def build_deeplab(
     else:
         branches = [ResNetBranch(net.out_channels, num_classes, kernel_size, r) for r in rates]
     model = DeepLab(net, feature, DeepLabHead(branches), kernel_size, rates, pool5a)
-    if pretrained is not None:
-        load_pretrained(model, pretrained)
     return MSC(model, tuple(msc_scales)) if msc else model

@@ -1,4 +1,4 @@
-"""FCN-32s / 16s / 8s (Long, Shelhamer, Darrell; SPEC §9): VGG-16 class scores from pool5 (via
+"""FCN-32s / 16s / 8s (Long, Shelhamer, Darrell; paper.md §9): VGG-16 class scores from pool5 (via
 fc6 - fc7), pool4 and pool3, fused by sum while upsampling back to the input size.
 
 Arbitrary input sizes: we keep the original's 100-pixel padding of conv1_1 and Caffe's crops.
@@ -9,24 +9,15 @@ not depend on the input size. Dropping the trick would need 'same' padding on fc
 the input to a multiple of 32, which changes what the pretrained fc6 sees near the borders.
 """
 
-from pathlib import Path
-
 from torch import Tensor, nn
 
-from deeplab.checkpoint import network_state, read_checkpoint
-from deeplab.errors import UserError
+from deeplab.models.fixed_backbone import fixed_backbone_options
 from deeplab.models.heads import VGGBranch
 from deeplab.models.msc import MSC
-from deeplab.models.options import fixed_backbone_options
-from deeplab.models.pretrained import (
-    apply_plan,
-    read_state_dict,
-    vgg16_fc_plan,
-    vgg16_features_plan,
-)
 from deeplab.models.upsample import make_upsampler
 from deeplab.models.vgg import VGGFeatures
 from deeplab.models.width import scale_width
+from deeplab.runtime.errors import UserError
 
 FCN_PAD = 100  # conv1_1 padding
 SKIPS = {32: (), 16: ("pool4",), 8: ("pool4", "pool3")}  # model.stage -> skip layers, deep first
@@ -144,45 +135,23 @@ class FCN(nn.Module):
         return _crop(upsamplers[-1](score), self.offsets[-1], x.shape[-2:])
 
 
-def load_previous_stage(net: FCN, path: str | Path) -> None:
-    """Staged training: copy an FCN-32s/16s checkpoint's layers into this stage by name.
-
-    VGG-16, fc6, fc7 and score_fr must all be there; the skip layers this stage adds keep their
-    zero / bilinear init (FCN-P). The previous stage's final upsampler is dropped.
-    """
-    state = network_state(read_checkpoint(path, key="model.init_from"))
-    own = net.state_dict()
-    missing = [k for k in own if k.startswith(("backbone.", "head.")) and k not in state]
-    unexpected = [k for k in state if k not in own and not k.startswith("upscore.")]
-    shapes = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise UserError(
-            f"model.init_from={path} is not an earlier stage of this FCN (same "
-            f"model.width_mult and classes): missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shapes {shapes[:3]}"
-        )
-    net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-
-
 def build_fcn(
     num_classes: int,
     backbone: dict,
     fc_width: int = 4096,
     dropout: float = 0.5,
     width_mult: float = 1.0,
-    init_from: str | None = None,
     msc: bool = False,
     msc_scales: tuple[float, ...] = (1.0, 0.75, 0.5),
     **options,
 ) -> nn.Module:
     """FCN from `conf/model/fcn8s.yaml`: VGG-16 with 2x2 pools, no dilation, conv1_1 pad 100.
 
-    `options` are `FCN`'s (stage, upsampling, learn_upsampling, at_once). `backbone.pretrained`
-    (torchvision vgg16 file) initialises the 13 convs and the full 7x7, 4096-wide fc6 and fc7;
-    `init_from` then copies a previous stage's checkpoint (staged 32s -> 16s -> 8s). `msc=True`
-    wraps the network in `MSC` as for DeepLab.
+    `options` are `FCN`'s (stage, upsampling, learn_upsampling, at_once). `msc=True` wraps the
+    network in `MSC` as for DeepLab. Weights (`backbone.pretrained`, `init_from`) are loaded by
+    `deeplab.weights.build_fcn`.
     """
-    pretrained, _ = fixed_backbone_options(backbone, "vgg16", "fcn8s")
+    fixed_backbone_options(backbone, "vgg16", "fcn8s")
     features = VGGFeatures(
         width_mult,
         pool_kernel=2,
@@ -194,9 +163,4 @@ def build_fcn(
     width = scale_width(fc_width, width_mult)
     head = VGGBranch(features.out_channels, width, num_classes, 7, 1, dropout, padding=0)
     net = FCN(features, head, num_classes, **options)
-    if pretrained is not None:
-        plan = vgg16_features_plan(features, "backbone.") + vgg16_fc_plan(head, "head.")
-        apply_plan(net, read_state_dict(pretrained), plan, ("classifier.6.",), str(pretrained))
-    if init_from is not None:
-        load_previous_stage(net, init_from)
     return MSC(net, tuple(msc_scales)) if msc else net

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -1,4 +1,4 @@
-"""RefineNet (Lin, Milan, Shen, Reid, CVPR 2017; SPEC §10): a 4-cascade of refinement blocks
+"""RefineNet (Lin, Milan, Shen, Reid, CVPR 2017; paper.md §10): a 4-cascade of refinement blocks
 over ResNet-101's res5, res4, res3, res2, giving logits at 1/4 of the input.
 
 RefineNet-4 refines res5 alone; RefineNet-k (k = 3, 2, 1) refines res(k+1) together with the
@@ -15,13 +15,12 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeplab.errors import UserError
+from deeplab.models.fixed_backbone import fixed_backbone_options
 from deeplab.models.heads import _init_classifier
 from deeplab.models.msc import MSC
-from deeplab.models.options import fixed_backbone_options
-from deeplab.models.pretrained import apply_plan, read_state_dict, resnet_plan
 from deeplab.models.resnet import ResNet, resnet101
 from deeplab.models.width import scale_width
+from deeplab.runtime.errors import UserError
 
 # RefineNet-k and the ResNet stage it refines, coarsest first (the cascade's order).
 LEVELS = (("refine4", "res5"), ("refine3", "res4"), ("refine2", "res3"), ("refine1", "res2"))
@@ -117,7 +116,7 @@ class RefineNet(nn.Module):
     `widths` are RefineNet-4..1's widths (512, 256, 256, 256). Dropout hits res5 and res4 and
     the final features before the 3x3 classifier, as in the released model. `final_rcus` adds
     RCUs before the classifier (the CVPR paper's 2 extra; 0 in the released code).
-    `backbone_lr_mult` scales the ResNet's learning rate in `deeplab.optim` (0.1 in RN-C).
+    `backbone_lr_mult` scales the ResNet's learning rate in the optimiser (0.1 in RN-C).
     """
 
     def __init__(
@@ -136,7 +135,7 @@ class RefineNet(nn.Module):
         if len(widths) != len(LEVELS):
             raise UserError(f"model.widths needs 4 values (RefineNet-4..1), got {list(widths)}")
         self.backbone = backbone
-        self.backbone_lr_mult = backbone_lr_mult  # read by deeplab.optim
+        self.backbone_lr_mult = backbone_lr_mult  # read by deeplab.engine.optimizer
         self.blocks = nn.ModuleDict()
         coarser = None
         for (name, feature), width in zip(LEVELS, widths, strict=True):
@@ -174,15 +173,12 @@ def build_refinenet(
 
     `options` are `RefineNet`'s (path_rcus, crp_stages, output_rcus, final_rcus, dropout,
     backbone_lr_mult).
-    `backbone.pretrained` (torchvision resnet101 file) initialises the ResNet; `stride_in_1x1`
-    and `freeze_bn` work as for DeepLab (frozen BN is RefineNet's "global" BN statistics).
+    `stride_in_1x1` and `freeze_bn` work as for DeepLab (frozen BN is RefineNet's "global" BN
+    statistics); `deeplab.weights.build_refinenet` loads `backbone.pretrained`.
     """
-    pretrained, opts = fixed_backbone_options(
+    opts = fixed_backbone_options(
         backbone, "resnet101", "refinenet", ("stride_in_1x1", "freeze_bn")
     )
     resnet = resnet101(width_mult, output_stride=32, **opts)
     net = RefineNet(resnet, num_classes, [scale_width(w, width_mult) for w in widths], **options)
-    if pretrained is not None:
-        plan = resnet_plan(resnet, "backbone.")
-        apply_plan(net, read_state_dict(pretrained), plan, ("fc.",), str(pretrained))
     return MSC(net, tuple(msc_scales)) if msc else net

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 UPSAMPLING = ("transposed", "resize_conv")
 

@@ -1,6 +1,6 @@
 """Channel widths under a width multiplier (narrow networks for tests and the CPU demo)."""
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 
 
 def scale_width(channels: int, width_mult: float) -> int:

@@ -1,8 +1,9 @@
-"""Build the paper's tables from a Hydra multirun folder (DESIGN I7): see experiments/tables.py."""
+"""Build the paper's tables from a Hydra multirun folder (design.md I7): see
+experiments/tables.py."""
 
 from pathlib import Path
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 from deeplab.tables.build import build_rows
 from deeplab.tables.paper import TABLES
 from deeplab.tables.render import markdown, write_csv, write_png

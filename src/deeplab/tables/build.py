@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from deeplab.errors import UserError
+from deeplab.runtime.errors import UserError
 from deeplab.tables.runs import Job
 from deeplab.tables.spec import Row, TableSpec
 

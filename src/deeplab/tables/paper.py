@@ -1,10 +1,10 @@
 """The paper's Tables 1-4 as data: rows, descriptive columns and reported numbers.
 
-Numbers come from the paper's fact sheet (SPEC.md; source tags in the comments); the row choices
-are the config options that run each row (conf/model, conf/table2_row, conf/table4_row).
+Numbers come from docs/paper.md (source tags in the comments); the row choices are the config
+options that run each row (conf/model, conf/table2_row, conf/table4_row).
 """
 
-from deeplab.receptive_field import paper_fov
+from deeplab.models.receptive_field import paper_fov
 from deeplab.tables.spec import Measure, Row, TableSpec
 
 MIOU = Measure("mIoU", "val/mIoU", plot=True)
@@ -21,11 +21,11 @@ def _table1_row(choice: str, kernel: int, rate: int, params: float, speed: float
     )
 
 
-# SPEC §1 Table 1 [P]: fc6 kernel and rate on VGG-16, VOC12 val, before / after CRF.
+# paper.md §1 Table 1 [P]: fc6 kernel and rate on VGG-16, VOC12 val, before / after CRF.
 TABLE1 = TableSpec(
     name="table1",
     title="Table 1: effect of the fc6 kernel and atrous rate (VGG-16, VOC 2012 val)",
-    source="SPEC §1 Table 1 [P]",
+    source="paper.md §1 Table 1 [P]",
     row_group="model",
     columns=("Kernel", "Rate", "FOV"),
     measures=(PARAMS, SPEED, MIOU, MIOU_CRF),
@@ -42,11 +42,11 @@ def _table2_row(choice: str, policy: str, batch: int, iters: str, miou: float) -
     return Row(choice, {"Policy": policy, "Batch": str(batch), "Iterations": iters}, {"mIoU": miou})
 
 
-# SPEC §2 Table 2 [P]: DeepLab-LargeFOV learning-rate policy, batch and iterations, before CRF.
+# paper.md §2 Table 2 [P]: DeepLab-LargeFOV learning-rate policy, batch and iterations, before CRF.
 TABLE2 = TableSpec(
     name="table2",
     title="Table 2: learning-rate policy, batch size and iterations (LargeFOV, VOC 2012 val)",
-    source="SPEC §2 Table 2 [P]",
+    source="paper.md §2 Table 2 [P]",
     row_group="table2_row",
     columns=("Policy", "Batch", "Iterations"),
     measures=(MIOU,),
@@ -59,11 +59,11 @@ TABLE2 = TableSpec(
     ),
 )
 
-# SPEC §3 Table 3 [P]: ASPP on VGG-16, VOC12 val, before / after CRF.
+# paper.md §3 Table 3 [P]: ASPP on VGG-16, VOC12 val, before / after CRF.
 TABLE3 = TableSpec(
     name="table3",
     title="Table 3: atrous spatial pyramid pooling on VGG-16 (VOC 2012 val)",
-    source="SPEC §3 Table 3 [P]",
+    source="paper.md §3 Table 3 [P]",
     row_group="model",
     columns=("Model",),
     measures=(MIOU, MIOU_CRF),
@@ -83,11 +83,11 @@ def _table4_row(choice: str, flags: str, miou: float, crf: bool = False) -> Row:
     return Row(choice, marks, {"mIoU": miou}, {"mIoU": "val_crf/mIoU"} if crf else {})
 
 
-# SPEC §4 Table 4 [P]: ResNet-101 ablation, VOC12 val. The CRF row is the ASPP job's CRF result.
+# paper.md §4 Table 4 [P]: ResNet-101 ablation, VOC12 val. The CRF row is the ASPP job's CRF result.
 TABLE4 = TableSpec(
     name="table4",
     title="Table 4: DeepLab ResNet-101 ablation (VOC 2012 val)",
-    source="SPEC §4 Table 4 [P]",
+    source="paper.md §4 Table 4 [P]",
     row_group="table4_row",
     columns=_TABLE4_FLAGS,
     measures=(MIOU,),
@@ -112,7 +112,7 @@ def _compare_row(choice: str, model: str, backbone: str, split: str, paper: dict
 COMPARE = TableSpec(
     name="compare",
     title="DeepLab v2 against FCN-8s and RefineNet (same data, schedule and optimizer)",
-    source="SPEC §1, §3 [P]; §9 [FCN-P] Table 2; §10 [RN-PT] single-scale val",
+    source="paper.md §1, §3 [P]; §9 [FCN-P] Table 2; §10 [RN-PT] single-scale val",
     row_group="model",
     columns=("Model", "Backbone", "Paper's split"),
     measures=(PARAMS, SPEED, MIOU, MIOU_CRF),

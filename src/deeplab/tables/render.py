@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+from deeplab.engine.visuals import new_figure
 from deeplab.tables.build import RowResult
 from deeplab.tables.spec import TableSpec
 
@@ -56,7 +57,6 @@ def _label(spec: TableSpec, result: RowResult) -> str:
 def write_png(spec: TableSpec, results: list[RowResult], path: Path) -> None:
     """Grouped bars per row: each plotted measure, measured (solid) and paper (hatched).
     A row without a measured value gets its status ("failed", "missing") in place of a bar."""
-    from deeplab.visuals import new_figure
 
     measures = [m for m in spec.measures if m.plot]
     labels = [_label(spec, r) for r in results]

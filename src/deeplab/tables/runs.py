@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.errors import MissingFileError, UserError
-from deeplab.files import read_file
+from deeplab.runtime.errors import MissingFileError, UserError
+from deeplab.runtime.user_files import read_file
 
 
 @dataclass

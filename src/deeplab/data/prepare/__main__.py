@@ -3,7 +3,6 @@
 import argparse
 from pathlib import Path
 
-from deeplab.cli import reports_user_errors
 from deeplab.data.prepare.datasets import (
     prepare_cityscapes,
     prepare_context,
@@ -11,6 +10,7 @@ from deeplab.data.prepare.datasets import (
     prepare_sbd,
     prepare_voc,
 )
+from deeplab.runtime.cli import reports_user_errors
 
 STEPS = {
     "voc": prepare_voc,

@@ -7,11 +7,11 @@ that the matching datamodule in `deeplab.data.datamodule` reads.
 import shutil
 from pathlib import Path
 
-from deeplab.atomic import written_atomically
-from deeplab.data.prepare import convert
+from deeplab.data.dataset import read_ids
+from deeplab.data.prepare import annotations
 from deeplab.data.prepare.fetch import Archive, download, extract
-from deeplab.data.reader import read_ids
-from deeplab.errors import MissingFileError
+from deeplab.runtime.atomic import written_atomically
+from deeplab.runtime.errors import MissingFileError
 
 # Checksums: "verified" = the same md5 in torchvision's tables and several other projects;
 # "several projects" = the same md5 in independent download scripts, no official table;
@@ -97,7 +97,7 @@ def prepare_sbd(root: Path, archives: dict = OFFICIAL) -> None:
         raise MissingFileError(
             f"{missing[0]} (and {len(missing) - 1} more) missing: re-extract SBD"
         )
-    convert.convert_all(pairs, convert.sbd_mask, "converting SBD .mat")
+    annotations.convert_all(pairs, annotations.sbd_mask, "converting SBD .mat")
     write_list(voc / "ImageSets/Segmentation/train_aug.txt", train_aug)
 
 
@@ -113,14 +113,14 @@ def prepare_context(root: Path, archives: dict = OFFICIAL) -> None:
     """
     fetch("voc2010", root, archives)
     fetch("context", root, archives, "pascal-context")
-    lut = convert.context_lut(fetch("context_59", root, archives))
+    lut = annotations.context_lut(fetch("context_59", root, archives))
     base = root / "VOCdevkit/VOC2010"
     mats = {p.stem: p for p in (root / "pascal-context").rglob("*.mat")}
     for split in ("train", "val"):
         ids = [i for i in voc2010_split(root, split) if i in mats]
         pairs = [(mats[i], base / "SegmentationClassContext" / f"{i}.png") for i in ids]
-        convert.convert_all(
-            pairs, lambda p: convert.context_mask(p, lut), f"converting Context {split}"
+        annotations.convert_all(
+            pairs, lambda p: annotations.context_mask(p, lut), f"converting Context {split}"
         )
         write_list(base / f"ImageSets/SegmentationContext/{split}.txt", ids)
 
@@ -138,8 +138,8 @@ def prepare_person_part(root: Path, archives: dict = OFFICIAL) -> None:
     for split in ("train", "val"):
         ids = [i for i in voc2010_split(root, split) if i in mats]
         pairs = [(mats[i], base / "SegmentationPart" / f"{i}.png") for i in ids]
-        done = convert.convert_all(
-            pairs, convert.person_part_mask, f"converting Person-Part {split}"
+        done = annotations.convert_all(
+            pairs, annotations.person_part_mask, f"converting Person-Part {split}"
         )
         write_list(base / f"ImageSets/PersonPart/{split}.txt", [p.stem for p in done])
 
@@ -164,14 +164,14 @@ def prepare_cityscapes(root: Path, archives: dict = OFFICIAL) -> None:
         if zip_path is None:
             raise MissingFileError(CITYSCAPES_HELP.format(root=base))
         extract(zip_path, base)
-    lut = convert.cityscapes_lut()
+    lut = annotations.cityscapes_lut()
     for split in ("train", "val"):
         sources = sorted((base / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
         if not sources:
             raise MissingFileError(f"no *_gtFine_labelIds.png under {base / 'gtFine' / split}")
         pairs = [(p, p.with_name(p.name.replace("labelIds", "trainIds"))) for p in sources]
-        convert.convert_all(
-            pairs, lambda p: convert.cityscapes_mask(p, lut), f"converting Cityscapes {split}"
+        annotations.convert_all(
+            pairs, lambda p: annotations.cityscapes_mask(p, lut), f"converting Cityscapes {split}"
         )
         ids = [f"{p.parent.name}/{p.name.removesuffix('_gtFine_labelIds.png')}" for p in sources]
         write_list(base / "lists" / f"{split}.txt", ids)

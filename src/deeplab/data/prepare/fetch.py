@@ -9,8 +9,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from deeplab.errors import UserError
-from deeplab.progress import Progress
+from deeplab.runtime.errors import UserError
+from deeplab.runtime.progress import Progress
 
 CHUNK = 1 << 16  # bytes per read: small enough for a smooth rate, large enough to be cheap
 

@@ -1,0 +1,273 @@
+"""What `train.py`, `evaluate.py` and `predict.py` do, as functions that tests and notebooks call.
+
+Each takes the composed Hydra config and the run directory, and returns what it measured.
+"""
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from deeplab.data.images import read_rgb
+from deeplab.data.transforms import normalize
+from deeplab.engine import speed, visuals
+from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
+from deeplab.engine.lightning_module import SegmentationModule
+from deeplab.engine.loggers import build_loggers
+from deeplab.engine.results import as_metrics, print_table, write_metrics
+from deeplab.engine.test_time import probabilities, wrap
+from deeplab.runtime.config_checks import check_config
+from deeplab.runtime.errors import MissingFileError, UserError
+from deeplab.runtime.progress import track
+from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_sigterm, resume_from
+from deeplab.weights import conventions
+from deeplab.weights.checkpoint import check_readable, load_network
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def model_config(cfg: DictConfig) -> dict:
+    """The resolved `model` config, as checkpoints record it."""
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
+    """`cfg.model` with the weights of `cfg.ckpt_path`, checked against this run's class count,
+    input normalization and model config (a mismatch names the overrides that fix it)."""
+    net, mean, std = hydra.utils.instantiate(cfg.model), datamodule.mean, datamodule.std
+    return load_network(net, cfg.ckpt_path, datamodule.num_classes, mean, std, model_config(cfg))
+
+
+def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
+    """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
+    crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
+    optim = dict(cfg.get("optim") or {})
+    optim["optimizer"] = optim.pop("name", "sgd")
+    return SegmentationModule(
+        net,
+        datamodule.class_names,
+        schedule=hydra.utils.instantiate(cfg.schedule) if cfg.get("schedule") else None,
+        crf=crf,
+        crf_workers=cfg.get("crf_workers", 1),
+        mean=datamodule.mean,
+        std=datamodule.std,
+        ignore_index=datamodule.ignore_index,
+        keep_samples=cfg.get("val_samples", 0),
+        model_config=model_config(cfg),
+        **optim,
+        **kwargs,
+    )
+
+
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Fit, validate the final weights on the whole val split (with `cfg.tta` and the CRF if
+    set), save results.
+
+    `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
+    """
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = resume_from(cfg.get("ckpt_path"), last)  # `auto`: this run folder's last.ckpt
+    if resume:  # Lightning reads it, late and in torch's words: name it first
+        check_readable(resume)
+    conventions.check_run(cfg)  # before anything is built: the weights' input convention
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = speed.apply(hydra.utils.instantiate(cfg.model), cfg.get("speed"))
+    module = build_module(cfg, datamodule, net)
+    loggers = build_loggers(cfg.get("logger"), run_dir)
+    throughput = Throughput()
+    stop = SaveOnSigterm(last)
+    callbacks = (
+        list(callbacks or [])
+        + [
+            *checkpoints(run_dir / "checkpoints"),
+            stop,
+            EpochSeed(cfg.seed),
+            throughput,
+            ValOverlays(datamodule.palette),
+            progress_bar(),
+        ]
+        + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
+    )
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    with exit_on_sigterm(trainer, stop):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
+        trainer.save_checkpoint(last, weights_only=False)  # resumable
+
+        trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
+        module.net = wrap(module.net, datamodule.num_classes, **cfg.get("tta", {}))
+        metrics = validate_whole_split(trainer, module, datamodule)
+    metrics["params"] = sum(p.numel() for p in net.parameters())
+    metrics["train_img_per_s"] = throughput.img_per_s
+    finish(trainer, module, datamodule, metrics, run_dir)
+    return metrics
+
+
+def checkpoints(dirpath: Path) -> list[ModelCheckpoint]:
+    """`last.ckpt` after every validation (to resume) and `best-step<N>.ckpt` by val/mIoU.
+
+    Both save after validation, never at a train-epoch end, so every checkpoint has its val/mIoU.
+    """
+    common = dict(dirpath=dirpath, save_on_train_epoch_end=False, enable_version_counter=False)
+    return [
+        ModelCheckpoint(filename="last", **common),
+        ModelCheckpoint(
+            filename="best-step{step}",
+            monitor="val/mIoU",
+            mode="max",
+            auto_insert_metric_name=False,
+            **common,
+        ),
+    ]
+
+
+def validate_whole_split(trainer: pl.Trainer, module: SegmentationModule, datamodule) -> dict:
+    """One pass over the val split; the CRF (when configured) refines the same predictions."""
+    module.use_crf = module.crf is not None
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return as_metrics(module.results)
+
+
+def finish(trainer: pl.Trainer, module: SegmentationModule, datamodule, metrics, run_dir) -> None:
+    """Rank 0 writes metrics.json, kept predictions, the figure and the confusion matrix."""
+    if not trainer.is_global_zero:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(run_dir / "metrics.json", metrics)
+    save_samples(module.samples, datamodule.palette, run_dir)
+    key = "val_crf" if "val_crf" in module.confusions else "val"
+    confusion = visuals.figure_array(
+        visuals.confusion_figure(module.confusions[key], module.class_names)
+    )
+    visuals.save_rgb(run_dir / "confusion.png", confusion)
+    log_images(trainer.loggers, f"{key}/confusion", [confusion], [key], trainer.global_step)
+    for logger in trainer.loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            logger.experiment.finish()
+    print_table(metrics)
+
+
+def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
+    """Palette PNGs of the kept val predictions and the image | truth | prediction | CRF figure."""
+    if not samples:
+        return
+    out = run_dir / "predictions"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, sample in samples.items():
+        visuals.save_mask(out / f"{name}.png", sample["pred"], palette)
+        if "crf" in sample:
+            visuals.save_mask(out / f"{name}_crf.png", sample["crf"], palette)
+    fig = visuals.comparison_figure(samples, palette)
+    fig.savefig(run_dir / "figure.png", dpi=100)
+
+
+def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
+    """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
+    check_config(cfg)
+    run_dir = Path(run_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = trained_network(cfg, datamodule)
+    net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
+    module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[*(callbacks or []), progress_bar()],
+        default_root_dir=str(run_dir),
+    )
+    with exit_143_on_sigterm("the evaluation"):
+        metrics = validate_whole_split(trainer, module, datamodule)
+    metrics["checkpoint"] = str(cfg.ckpt_path)
+    finish(trainer, module, datamodule, metrics, run_dir)
+    return metrics
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """One image, or every image in a folder (sorted); a clear error when there is none."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise MissingFileError(
+            f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
+        )
+    return files
+
+
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """The output name (no suffix) of each input: its stem, or `<stem>_<suffix>` for inputs that
+    share a stem (`x.jpg`, `x.png` -> `x_jpg`, `x_png`), so that no mask overwrites another."""
+    stems = Counter(p.stem for p in files)
+    names = {p: p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix[1:]}" for p in files}
+    counts = Counter(names.values())
+    clashes = sorted(str(p) for p in files if counts[names[p]] > 1)
+    if clashes:
+        raise UserError(f"{', '.join(clashes)} would all be written as the same mask: rename one")
+    return names
+
+
+class SkippedImages(UserError):
+    """Some inputs could not be read: they were skipped, every other mask was written."""
+
+    def __init__(self, reasons: dict[Path, str], written: list[Path], out: Path):
+        self.skipped, self.written = list(reasons), written
+        super().__init__(
+            f"{len(reasons)} of {len(reasons) + len(written)} images could not be read and were "
+            f"skipped ({len(written)} masks written to {out}):\n  " + "\n  ".join(reasons.values())
+        )
+
+
+@torch.no_grad()
+def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
+    """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
+    `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
+    are still done; then SkippedImages lists them. Returns the masks written."""
+    check_config(cfg)
+    out = Path(cfg.get("output_dir") or run_dir)
+    files = image_files(cfg.input)
+    names = output_names(files)
+    datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only
+    device = torch.device(
+        cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    net = trained_network(cfg, datamodule)
+    net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
+    crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    written, skipped = [], {}
+    for path in track(files, "predicting", unit="images"):
+        try:
+            rgb = read_rgb(path)
+        except UserError as err:
+            print(f"skipped: {err}", file=sys.stderr)
+            skipped[path] = str(err)
+            continue
+        image = normalize(rgb, datamodule.mean, datamodule.std)[None].to(device)
+        probs = probabilities(net, image, rgb.shape[:2])[0].cpu().numpy()
+        if crf is not None:
+            probs = crf(rgb, probs)
+        mask = np.asarray(probs).argmax(0)
+        name = names[path]
+        visuals.save_mask(out / "masks" / f"{name}.png", mask, datamodule.palette)
+        visuals.save_rgb(
+            out / "overlays" / f"{name}.jpg", visuals.overlay(rgb, mask, datamodule.palette)
+        )
+        written.append(out / "masks" / f"{name}.png")
+    if skipped:
+        raise SkippedImages(skipped, written, out / "masks")
+    return written

@@ -1,0 +1,36 @@
+"""metrics.json (design.md I6) and the final metrics table."""
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+SUMMARY = ("mIoU", "pixel_acc", "mean_acc", "fwIoU")
+
+
+def as_metrics(results: dict) -> dict:
+    """`{"val": scores, "val_crf": ...}` -> I6 keys: `val/mIoU`, ..., `val/IoU` {class: %}."""
+    return {f"{prefix}/{k}": v for prefix, r in results.items() for k, v in r.items()}
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def print_table(metrics: dict, title: str = "Validation (whole split, %)") -> None:
+    """Scores as columns and per-class IoU as rows, one column per prefix (val, val_crf)."""
+    prefixes = [p for p in ("val", "val_crf") if f"{p}/mIoU" in metrics]
+    table = Table(title=title)
+    table.add_column("metric")
+    for prefix in prefixes:
+        table.add_column(prefix, justify="right")
+    for key in SUMMARY:
+        table.add_row(key, *(f"{metrics[f'{p}/{key}']:.2f}" for p in prefixes))
+    for name in metrics[f"{prefixes[0]}/IoU"]:
+        values = [metrics[f"{p}/IoU"][name] for p in prefixes]
+        table.add_row(f"IoU {name}", *("-" if v is None else f"{v:.2f}" for v in values))
+    for key in ("params", "train_img_per_s"):
+        if key in metrics:
+            table.add_row(key, f"{metrics[key]:,.6g}", *[""] * (len(prefixes) - 1))
+    Console().print(table)

@@ -1,0 +1,31 @@
+"""Where the Hydra configs are, and composing them in-process (tests, notebooks, tools) exactly as
+the apps do."""
+
+import json
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
+
+
+def _conf_dir() -> Path:
+    """The checkout's `conf/` (src layout, editable install), else the copy a regular
+    `pip install` places inside the package (`deeplab/conf`, pyproject.toml)."""
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parents[1] / "conf"
+    return checkout if (checkout / "train.yaml").is_file() else package / "conf"
+
+
+CONF_DIR = _conf_dir()
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None) -> DictConfig:
+    """`compose("train", ["debug=smoke", "data=synthetic"])` == what `src/train.py ...` sees."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def hydra_value(value) -> str:
+    """A value as it is typed on the command line (`[6,12]`, `true`, `null`)."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

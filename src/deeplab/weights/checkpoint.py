@@ -1,0 +1,190 @@
+"""Loading weights safely: a checkpoint from another class count or architecture fails clearly."""
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deeplab.runtime.config import hydra_value
+from deeplab.runtime.errors import UserError
+from deeplab.runtime.user_files import read_file
+from deeplab.weights.checkpoint_overrides import differences, fix_overrides
+from deeplab.weights.conventions import converted_checkpoint, is_converted
+
+
+def checkpoint_record(
+    net: nn.Module,
+    num_classes: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    model: dict | None = None,
+) -> dict:
+    """What a checkpoint records about its run, to check against the one loading it: the network,
+    class count, input normalization and the resolved `model` config (for override hints)."""
+    meta: dict = {"network": type(net).__name__, "num_classes": num_classes}
+    if mean is not None and std is not None:
+        meta["normalization"] = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    if model is not None:
+        meta["model"] = model
+    return meta
+
+
+def _quoted(overrides: list[str]) -> str:
+    return " ".join(f'"{o}"' for o in overrides)
+
+
+def check_model_config(meta: dict | None, model: dict | None, source, training: bool) -> None:
+    """Raise UserError if this run's `model` config differs from the one the checkpoint was
+    trained with in a field that changes results (other atrous rates load into the same weight
+    shapes and silently score worse). Older checkpoints without a recorded config pass."""
+    saved = (meta or {}).get("model")
+    if saved is None or model is None:
+        return
+    diffs = differences(saved, model, training)
+    if not diffs:
+        return
+    listed = "; ".join(
+        f"{key} {hydra_value(a)} (this run: {hydra_value(b)})" for key, a, b in diffs[:6]
+    )
+    raise UserError(
+        f"checkpoint {source} was trained with another model config: {listed}. Rebuild the "
+        f"network it was trained as: pass {_quoted(fix_overrides(saved, model))}."
+    )
+
+
+def check_normalization(meta: dict | None, mean, std, source) -> None:
+    """Raise UserError if this run normalizes inputs differently from the training run: the
+    network would still load and run, and silently score worse."""
+    saved = (meta or {}).get("normalization")
+    if saved is None:
+        return
+    if np.allclose(saved["mean"], mean) and np.allclose(saved["std"], std):
+        return
+    fix = [f"data.mean={hydra_value(saved['mean'])}", f"data.std={hydra_value(saved['std'])}"]
+    raise UserError(
+        f"checkpoint {source} was trained on inputs normalized with mean {saved['mean']} and std "
+        f"{saved['std']}, but this run uses mean {list(mean)} and std {list(std)}: pass "
+        f"{_quoted(fix)}."
+    )
+
+
+def check_classes(meta: dict | None, num_classes: int, source) -> None:
+    """Raise UserError if the checkpoint was trained for another class count."""
+    if meta and meta.get("num_classes") != num_classes:
+        raise UserError(
+            f"checkpoint {source} was trained for {meta['num_classes']} classes, but this run has "
+            f"{num_classes} (data.num_classes): pick the data set it was trained on, or start from "
+            "ImageNet weights (model.backbone.pretrained) instead of this checkpoint."
+        )
+
+
+def check_compatible(
+    state_dict: dict,
+    net: nn.Module,
+    meta: dict | None,
+    num_classes: int,
+    source,
+    model: dict | None = None,
+) -> None:
+    """Raise UserError naming the checkpoint and the fix if `state_dict` does not fit `net`.
+
+    `state_dict` holds the network's own keys (no `net.` prefix); `meta` is `checkpoint_record()` of
+    the saving run; `model` is this run's resolved model config, compared with the saved one to
+    print the overrides that rebuild the trained network.
+    """
+    check_classes(meta, num_classes, source)
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and state_dict[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        trained = f" (saved from {meta['network']})" if meta else ""
+        details = [f"missing {missing[:3]}"] if missing else []
+        details += [f"unexpected {unexpected[:3]}"] if unexpected else []
+        details += shapes[:3]
+        fix = "Use the same model / backbone / model.width_mult settings it was trained with"
+        hints = fix_overrides(meta["model"], model) if meta and "model" in meta and model else []
+        if hints:
+            fix += ": " + _quoted(hints)
+        raise UserError(
+            f"checkpoint {source}{trained} does not fit the configured {type(net).__name__}: "
+            + "; ".join(details)
+            + f". {fix}."
+        )
+
+
+def network_state(checkpoint: dict, prefix: str = "net.") -> dict:
+    """The network's weights from a Lightning checkpoint of `SegmentationModule` (or a bare one)."""
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)} or state
+
+
+def checked_state(
+    checkpoint: dict,
+    net: nn.Module,
+    num_classes: int,
+    mean,
+    std,
+    model: dict | None,
+    source,
+    training: bool = False,
+) -> dict:
+    """The network's weights from a loaded checkpoint, once they fit `net` and this run (class
+    count, model config, input normalization); evaluation, prediction and resume (`training`:
+    training-only fields such as dropout must match too) all load through here."""
+    if not isinstance(checkpoint, dict):
+        raise UserError(
+            f"{source} holds a {type(checkpoint).__name__}, not a checkpoint: set ckpt_path to a "
+            ".ckpt written by train.py"
+        )
+    state, meta = network_state(checkpoint), checkpoint.get("deeplab")
+    if is_converted(checkpoint):  # python -m deeplab.convert output (README, Released models)
+        state, meta = converted_checkpoint(checkpoint, source)
+    check_classes(meta, num_classes, source)
+    check_model_config(meta, model, source, training)
+    check_compatible(state, net, meta, num_classes, source, model)
+    check_normalization(meta, mean, std, source)
+    return state
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
+    """A checkpoint file's contents, or a UserError naming the file (missing, truncated, not a
+    checkpoint) and `key`, the setting that points at it."""
+    return read_file(
+        lambda p: torch.load(p, map_location="cpu", weights_only=False),
+        path,
+        "checkpoint",
+        _fix(key),
+    )
+
+
+def check_readable(path: str | Path, key: str = "ckpt_path") -> None:
+    """Raise UserError unless `path` is a whole checkpoint archive (torch writes zip files; a
+    truncated copy has lost its central directory), without loading its tensors."""
+    read_file(lambda p: zipfile.ZipFile(p).close(), path, "checkpoint", _fix(key))
+
+
+def _fix(key: str) -> str:
+    return f"set {key} to a .ckpt file written by train.py (checkpoints/last.ckpt or best-*.ckpt)"
+
+
+def load_network(
+    net: nn.Module,
+    path: str | Path,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    model: dict | None = None,
+) -> nn.Module:
+    """Load a training checkpoint's weights into `net` after `checked_state`'s checks."""
+    # Our own Lightning checkpoints hold optimizer and loop state besides tensors.
+    checkpoint = read_checkpoint(path)
+    net.load_state_dict(checked_state(checkpoint, net, num_classes, mean, std, model, path))
+    return net

@@ -1,0 +1,115 @@
+"""The command-line overrides that turn this run's `model` config into a checkpoint's.
+
+A checkpoint records its resolved `model` config (`checkpoint["deeplab"]["model"]`). Comparing
+it field by field catches networks that load but compute something else (other atrous rates:
+same weight shapes, other results). The fix is phrased as a user would type it: when the
+backbone or the model builder differ, a config group switch (`backbone=vgg16`, `model=largefov`)
+comes first, since a field override alone cannot turn one group option into another
+(`model.backbone.name=vgg16` keeps ResNet's `freeze_bn` key, which VGG refuses); then the fields
+the switch leaves wrong.
+"""
+
+from omegaconf import OmegaConf
+
+from deeplab.runtime.config import CONF_DIR, hydra_value
+
+# Fields that never change what a trained network computes: weight files used only to
+# initialise training, and the class count (checked on its own, with its own fix: the data set).
+NOT_COMPARED = {"pretrained", "init_from", "num_classes"}
+# Fields that change training but not an evaluation (eval mode: no dropout, frozen BN).
+TRAINING_ONLY = {"dropout", "freeze_bn", "backbone_lr_mult", "learn_upsampling"}
+# Fields that say which network a config builds (the rest scale it or wrap it).
+NOT_ARCHITECTURE = NOT_COMPARED | TRAINING_ONLY | {"width_mult", "msc", "msc_scales", "backbone"}
+IDENTITY = ("_target_", "name")  # which builder / backbone a config level describes
+
+
+def differences(saved: dict, current: dict, training: bool, prefix: str = "model") -> list:
+    """(dotted key, saved value, this run's value) of every compared field that differs;
+    `training` (a resume) compares the training-only fields too. Only fields both configs have
+    are compared: a field added to the configs after a checkpoint was written takes its default
+    and must not refuse older checkpoints. When the builder (`_target_`) or the backbone `name`
+    differs, the other fields of that level are not listed: they belong to another network and
+    the group switch resets them."""
+    skip = NOT_COMPARED | (set() if training else TRAINING_ONLY)
+    keys = set(saved) & set(current)
+    for identity in IDENTITY:
+        if identity in keys and saved[identity] != current[identity]:
+            keys = {identity} | {k for k in keys if isinstance(saved[k], dict)}
+    out = []
+    for key in sorted(keys):
+        if key in skip:
+            continue
+        a, b = saved[key], current[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, training, f"{prefix}.{key}")
+        elif a != b:
+            out.append((f"{prefix}.{key}", a, b))
+    return out
+
+
+def group_options(group: str) -> dict[str, dict]:
+    """Each option of a config group, as its own file sets it (no defaults list, unresolved)."""
+    options = {}
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        cfg.pop("defaults", None)
+        options[path.stem] = cfg
+    return options
+
+
+def _architecture_mismatches(config: dict, option: dict) -> int:
+    keys = (set(config) | set(option)) - NOT_ARCHITECTURE
+    return sum(config.get(k) != option.get(k) for k in keys)
+
+
+def model_option(saved: dict, current: dict) -> tuple[str, dict] | None:
+    """The `model=` option to switch to, with its defaults, or None when fields suffice.
+
+    Switch when the builder differs, or when one option builds exactly the saved network and
+    this run does not (a LargeFOV checkpoint evaluated with model=aspp_l: `model=largefov`).
+    """
+    same_builder = {
+        name: cfg
+        for name, cfg in group_options("model").items()
+        if cfg.get("_target_") == saved.get("_target_")
+    }
+    if not same_builder:
+        return None
+    name = min(same_builder, key=lambda n: _architecture_mismatches(saved, same_builder[n]))
+    exact = _architecture_mismatches(saved, same_builder[name]) == 0
+    if saved.get("_target_") != current.get("_target_") or (
+        exact and _architecture_mismatches(current, saved) > 0
+    ):
+        return name, same_builder[name]
+    return None
+
+
+def _fields(saved: dict, current: dict, defaults: dict | None, prefix: str, skip: str) -> list[str]:
+    """`prefix.key=value` for every saved field that differs from this run's value or, after a
+    group switch, from the new option's defaults (either may end up in the final config)."""
+    out = []
+    for key in sorted(saved):
+        if key in NOT_COMPARED or key in IDENTITY or key == skip:  # the group switch's business
+            continue
+        value = saved[key]
+        differs = key in current and current[key] != value
+        if defaults is not None:
+            differs = differs or defaults.get(key) != value
+        if differs:
+            out.append(f"{prefix}.{key}={hydra_value(value)}")
+    return out
+
+
+def fix_overrides(saved: dict, current: dict) -> list[str]:
+    """Overrides that rebuild the saved network: group switches first, then fields."""
+    out = []
+    switch = model_option(saved, current)
+    if switch:
+        out.append(f"model={switch[0]}")
+    out += _fields(saved, current, switch[1] if switch else None, "model", skip="backbone")
+    saved_bb, current_bb = saved.get("backbone") or {}, current.get("backbone") or {}
+    bb_defaults = None
+    if saved_bb.get("name") != current_bb.get("name"):
+        bb_defaults = group_options("backbone").get(saved_bb.get("name"), {})
+        out.append(f"backbone={saved_bb.get('name')}")
+    return out + _fields(saved_bb, current_bb, bb_defaults, "model.backbone", skip="name")
