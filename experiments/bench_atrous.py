@@ -3,7 +3,7 @@
     python experiments/bench_atrous.py [--layers fc6_7x7_r4,conv5_r2] [--size 41] [--infer]
 
 Prints a markdown table (forward / backward milliseconds per way, medians) and writes JSON next
-to it. The `auto` rule in `deeplab.models.atrous` is justified by these numbers (README, speed).
+to it. The `auto` rule in `deeplab.models.atrous` is justified by these numbers (docs/speed.md).
 """
 
 import argparse

@@ -84,7 +84,7 @@ def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, 
 
 @pytest.mark.slow
 def test_two_nodes_match_one_process_on_the_same_global_batch(tmp_path, single):
-    """2 nodes x 1 process on 127.0.0.1, each started by hand as on a cluster (README,
+    """2 nodes x 1 process on 127.0.0.1, each started by hand as on a cluster (docs/training.md,
     Multi-node): the same command and run folder, NODE_RANK and the master's address."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""Faults of jobs on clusters and of run folders (README, Faults and run directories).
+"""Faults of jobs on clusters and of run folders (docs/faults.md, Faults and run directories).
 
 - two runs started together get their own folders, and a run refuses a folder a live run owns;
 - a run's `<job>.log` holds what it printed: a failed run's error, a finished run's table;

@@ -64,13 +64,10 @@ def test_committed_notebooks_have_no_outputs():
                 assert not ran, f"{path.name} cell {i} has outputs: clear them before committing"
 
 
-def test_readme_figures_exist():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("<!-- section: notebooks -->")[1].split("<!-- /section: notebooks -->")[
-        0
-    ]
-    figures = re.findall(r"\(notebooks/figures/([\w.-]+\.png)\)", section)
-    assert figures, "the README's notebooks section shows no figure"
+def test_docs_figures_exist():
+    page = (REPO / "docs" / "notebooks.md").read_text()
+    figures = re.findall(r"\(\.\./notebooks/figures/([\w.-]+\.png)\)", page)
+    assert figures, "docs/notebooks.md shows no figure"
     for name in figures:
         assert (NOTEBOOKS / "figures" / name).stat().st_size > 1000, name
 

@@ -4,7 +4,7 @@ The paper (paper.md §1) names two equivalent ways to compute an atrous convolut
 "dilation" (the kernel with r - 1 holes between its taps) and "space-to-batch" (split the input
 into r x r interleaved sub-maps, run the plain kernel on them as one batch, interleave the
 results back). Both give the same numbers; their speed differs per device and layer shape (see
-`AUTO_MODE` and the README's speed section), so every dilated convolution is an `AtrousConv2d`
+`AUTO_MODE` and docs/speed.md), so every dilated convolution is an `AtrousConv2d`
 and `set_atrous_mode` switches all of a model's layers at once.
 """
 
@@ -46,7 +46,7 @@ def space_to_batch_conv2d(
     return y.reshape(b, o, y_h * rate, y_w * rate)[:, :, :out_h, :out_w]
 
 
-# What `mode="auto"` means per device type: the faster way, measured (README section speed,
+# What `mode="auto"` means per device type: the faster way, measured (docs/speed.md,
 # experiments/bench_atrous.py). CPU (2-core AVX-512, PyTorch 2.13, oneDNN 3.12): dilation was
 # faster for every atrous layer of these networks in training, forward + backward; space-to-batch
 # took 1.3x (3x3 at rate 2) to 3.9x (the 4x4 rate-8 fc6) as long, because its sub-maps are

@@ -145,7 +145,7 @@ def checked_state(
             ".ckpt written by train.py"
         )
     state, meta = network_state(checkpoint), checkpoint.get("deeplab")
-    if is_converted(checkpoint):  # python -m deeplab.convert output (README, Released models)
+    if is_converted(checkpoint):  # python -m deeplab.convert output (docs/caffe.md)
         state, meta = converted_checkpoint(checkpoint, source)
     check_classes(meta, num_classes, source)
     check_model_config(meta, model, source, training)

@@ -43,7 +43,8 @@ def read_weights(path: str | Path) -> dict:
         lambda p: torch.load(p, map_location="cpu", weights_only=True),
         path,
         "model.backbone.pretrained weights file",
-        "download the weights (README, sections 'Models' and 'Released models') or set "
+        "download the weights (docs/models.md 'ImageNet weights', docs/caffe.md 'Released "
+        "models') or set "
         "model.backbone.pretrained=null",
     )
     if is_converted(state):

@@ -15,7 +15,7 @@ from deeplab.runtime.errors import MissingFileError
 
 # Checksums: "verified" = the same md5 in torchvision's tables and several other projects;
 # "several projects" = the same md5 in independent download scripts, no official table;
-# "one source" = from a single third-party download script (see README); None = none found.
+# "one source" = from a single third-party download script (see docs/data.md); None = none found.
 OFFICIAL = {
     "voc2012": Archive(  # verified
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",

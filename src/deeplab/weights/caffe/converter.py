@@ -83,7 +83,7 @@ def convert(path: str | Path, drop_classifier: bool = False) -> dict:
         raise UserError(
             f"{path}: recognised {rec.description}; could not place {len(unplaced)} layer(s): "
             f"{listed}{more}. The converter knows the released DeepLab v1/v2 VGG-16 and ResNet-101 "
-            "files (README, 'Converting the authors' Caffe models')"
+            "files (docs/caffe.md, 'Converting the authors' Caffe models')"
         )
     state = to_state_dict(layers, rec)
     model = _check_fits(state, rec, path)

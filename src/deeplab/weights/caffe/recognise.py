@@ -16,7 +16,7 @@ from deeplab.weights.conventions import CAFFE
 
 # The input every Caffe DeepLab network reads (paper.md §7, §12), as overrides.
 CAFFE_NORMALIZATION = CAFFE.override_list()
-# The released test nets pad each image to 513 x 513 (tta.pad_to, README "Released models").
+# The released test nets pad each image to 513 x 513 (tta.pad_to, docs/caffe.md "Released models").
 CAFFE_TEST_PROTOCOL = ["tta.pad_to=513"]
 ASPP_L_RATES = [6, 12, 18, 24]
 IMAGENET_CLASSES = 1000
