@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from PIL import Image
 
 from deeplab.data import SyntheticDataModule, VOCDataModule
 from deeplab.data.dataset import read_ids, write_mask
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, denormalize, normalize, train_transform
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 
 def voc(root, **kwargs) -> VOCDataModule:
@@ -216,9 +214,7 @@ def test_train_transform_scales_keep_labels_and_pad_with_mean_and_255():
 
 @pytest.mark.parametrize("name", ["voc", "context", "person_part", "cityscapes", "synthetic"])
 def test_config_instantiates_and_has_contract_keys(name, tmp_path):
-    cfg = OmegaConf.create(
-        {"data_dir": str(tmp_path), "data": OmegaConf.load(CONF / f"{name}.yaml")}
-    )
+    cfg = compose("train", [f"data={name}", f"data_dir={tmp_path}"])
     keys = [
         "root",
         "num_classes",

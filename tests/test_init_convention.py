@@ -4,6 +4,7 @@ files load as initialisation (model.backbone.pretrained / init.path) and as ckpt
 
 import pytest
 import torch
+from conftest import REPO
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -169,3 +170,14 @@ def test_converted_network_refuses_other_atrous_rates_as_ckpt_path(files):
     model = OmegaConf.to_container(cfg.model, resolve=True)
     with pytest.raises(UserError, match=r"model.rates=\[6,12,18,24\]"):
         load_network(instantiate(cfg.model), files["voc_msc"], 21, CAFFE.mean, CAFFE.std, model)
+
+
+@pytest.mark.parametrize(("name", "convention"), [("caffe", CAFFE), ("torchvision", TORCHVISION)])
+def test_each_convention_is_written_once_in_the_configs_and_agrees_with_the_code(name, convention):
+    """conf/normalization/<name>.yaml is what the data sets and `init` options include; its
+    numbers are the convention the weight-file checks hold runs to."""
+    values = OmegaConf.load(REPO / "conf" / "normalization" / f"{name}.yaml")
+    assert tuple(values.mean) == convention.mean and tuple(values.std) == convention.std
+    literal = f"mean: {list(values.mean)}".replace("'", "")
+    elsewhere = [p for p in (REPO / "conf").rglob("*.yaml") if literal in p.read_text()]
+    assert elsewhere == [REPO / "conf" / "normalization" / f"{name}.yaml"]

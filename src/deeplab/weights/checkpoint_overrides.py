@@ -48,10 +48,18 @@ def differences(saved: dict, current: dict, training: bool, prefix: str = "model
 
 
 def group_options(group: str) -> dict[str, dict]:
-    """Each option of a config group, as its own file sets it (no defaults list, unresolved)."""
+    """Each option of a config group as it sets its own keys (unresolved): the file, on top of
+    the bases it includes `@_here_` from its own group (conf/model/base/deeplab.yaml); group
+    switches in its defaults list (`override /backbone...`) are not followed."""
     options = {}
     for path in sorted((CONF_DIR / group).glob("*.yaml")):
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        own = OmegaConf.load(path)
+        merged = OmegaConf.create()
+        for entry in own.get("defaults", []):
+            if isinstance(entry, str) and entry.endswith("@_here_"):
+                base = CONF_DIR / group / f"{entry.removesuffix('@_here_')}.yaml"
+                merged = OmegaConf.merge(merged, OmegaConf.load(base))
+        cfg = OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)
         cfg.pop("defaults", None)
         options[path.stem] = cfg
     return options
