@@ -17,7 +17,7 @@ from PIL import Image
 from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.crf.search import main as crf_search
 from deeplab.data.dataset import read_ids
-from deeplab.engine.pipeline import evaluate, model_config, predict, train
+from deeplab.engine.pipeline import check_run_config, evaluate, model_config, predict, train
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config
@@ -90,7 +90,7 @@ def test_bad_config_values_are_refused_naming_the_key(name, override):
     cfg = compose(name, [*required.get(name, []), *override.split()])
     key = override.split()[-1].split("=")[0]
     with pytest.raises(UserError, match=rf"^{re.escape(key)}=.* is invalid: it must be .*e\.g\."):
-        check_config(cfg)
+        check_run_config(cfg)  # the config checks, then the rules the components own
 
 
 def test_required_values_left_unset_are_named():

@@ -19,6 +19,13 @@ KINDS = ("probs", "logits")
 PROBS_SUM_TOLERANCE = 1e-3  # float16 softmax outputs sum to 1 within ~1e-3
 
 
+def default_backend() -> str:
+    """torch on a GPU or where pydensecrf is not installed, else pydensecrf (the reference)."""
+    if torch.cuda.is_available() or not pydensecrf_backend.available():
+        return "torch"
+    return "pydensecrf"
+
+
 class DenseCRF:
     """Fully connected CRF with a Gaussian (smoothness) and a bilateral (appearance) kernel.
 
@@ -40,22 +47,41 @@ class DenseCRF:
         normalization: str = "symmetric",
         device: str | None = None,
     ):
+        # The rules of every CRF parameter live here; start-up validation builds the CRF.
         if backend not in BACKENDS:
-            raise ValueError(f"crf.backend={backend!r}: choose one of {BACKENDS}")
-        if normalization not in pydensecrf_backend.NORMALIZATIONS:
-            raise ValueError(
-                f"crf.normalization={normalization!r}: choose one of "
-                f"{tuple(pydensecrf_backend.NORMALIZATIONS)}"
+            raise UserError(
+                f"crf.backend={backend!r} is invalid: it must be one of {BACKENDS}, "
+                "e.g. crf.backend=torch"
             )
-        if iterations < 0:
-            raise ValueError(f"crf.iterations={iterations} must be >= 0")
-        for name, std in (
-            ("pos_xy_std", pos_xy_std),
-            ("bi_xy_std", bi_xy_std),
-            ("bi_rgb_std", bi_rgb_std),
+        if normalization not in pydensecrf_backend.NORMALIZATIONS:
+            raise UserError(
+                f"crf.normalization={normalization!r} is invalid: it must be one of "
+                f"{pydensecrf_backend.NORMALIZATIONS}, e.g. crf.normalization=per_pixel"
+            )
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+            raise UserError(
+                f"crf.iterations={iterations!r} is invalid: it must be an integer >= 0, "
+                "e.g. crf.iterations=10"
+            )
+        for name, value, low, example in (
+            ("pos_w", pos_w, "weight >= 0", 3),
+            ("bi_w", bi_w, "weight >= 0", 4),
+            ("pos_xy_std", pos_xy_std, "deviation > 0", 3),
+            ("bi_xy_std", bi_xy_std, "deviation > 0", 49),
+            ("bi_rgb_std", bi_rgb_std, "deviation > 0", 5),
         ):
-            if not std > 0:
-                raise ValueError(f"crf.{name}={std} must be > 0")
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = number and value == value and (value >= 0 if "weight" in low else value > 0)
+            if not ok:
+                raise UserError(
+                    f"crf.{name}={value!r} is invalid: it must be a {low}, "
+                    f"e.g. crf.{name}={example}"
+                )
+        # The one place the backend is decided: pydensecrf runs per image on the CPU, in worker
+        # processes for whole splits; torch runs batches in this process, on CPU or GPU.
+        self.in_worker_processes = backend == "pydensecrf"
+        if self.in_worker_processes:
+            pydensecrf_backend.require()
         self.iterations = int(iterations)
         self.pos_w, self.pos_xy_std = float(pos_w), float(pos_xy_std)
         self.bi_w, self.bi_xy_std, self.bi_rgb_std = (
@@ -91,7 +117,7 @@ class DenseCRF:
             raise ValueError(f"CRF got {len(images)} images but {len(probs)} probability maps")
         for i, (image, p) in enumerate(zip(images, probs, strict=True)):
             check_inputs(image, p, where=f"item {i}", kind=kind)
-        if self.backend == "pydensecrf":
+        if self.in_worker_processes:
             return [
                 _like(
                     pydensecrf_backend.refine(_numpy_image(im), _numpy_probs(p), self.params, kind),

@@ -32,7 +32,7 @@ def refine_many(
     progress = progress or (lambda n: None)
     if len(images) != len(probs):
         raise ValueError(f"refine_many got {len(images)} images but {len(probs)} probability maps")
-    if crf.backend == "torch":
+    if not crf.in_worker_processes:
         return _torch_batches(crf, images, probs, kind, progress)
     for i, (image, p) in enumerate(zip(images, probs, strict=True)):
         check_inputs(image, p, where=f"item {i}", kind=kind)

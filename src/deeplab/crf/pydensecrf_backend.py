@@ -1,16 +1,37 @@
 """The reference backend: Krähenbühl's C++ through pydensecrf (package `pydensecrf2`).
 
-Kept free of torch so that worker processes start quickly.
+Optional: pydensecrf is a source package that needs a C++ compiler, and the torch backend needs
+none of it, so a missing pydensecrf only matters when this backend is asked for. Kept free of
+torch so that worker processes start quickly.
 """
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
-from pydensecrf.utils import unary_from_softmax
 
-NORMALIZATIONS = {
-    "symmetric": dcrf.NORMALIZE_SYMMETRIC,  # pydensecrf's default (Krähenbühl & Koltun, ICML 2013)
-    "per_pixel": dcrf.NORMALIZE_AFTER,  # 1 / (K 1) after filtering: the NIPS 2011 code DeepLab used
-}
+from deeplab.runtime.errors import UserError
+
+try:
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+except ImportError:
+    dcrf = unary_from_softmax = None
+
+INSTALL = "pip install pydensecrf2"
+# symmetric: pydensecrf's default (Krähenbühl & Koltun, ICML 2013); per_pixel: 1 / (K 1) after
+# filtering, the NIPS 2011 code DeepLab used.
+NORMALIZATIONS = ("symmetric", "per_pixel")
+
+
+def available() -> bool:
+    return dcrf is not None
+
+
+def require() -> None:
+    """One message with the install command when the backend is asked for without the package."""
+    if dcrf is None:
+        raise UserError(
+            "crf.backend=pydensecrf needs the pydensecrf package, which is not installed: "
+            f"`{INSTALL}` (it compiles C++), or use crf.backend=torch (same results, CPU or GPU)"
+        )
 
 
 def refine(image: np.ndarray, probs: np.ndarray, params: dict, kind: str = "probs") -> np.ndarray:
@@ -19,8 +40,11 @@ def refine(image: np.ndarray, probs: np.ndarray, params: dict, kind: str = "prob
     `params`: iterations, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization. The
     smoothness kernel is added before the appearance kernel, as in DeepLab's dense_inference.
     `kind`: "probs" (unary -log p, clipped at 1e-5) or "logits" (unary -score, DeepLab's)."""
+    require()
     c, h, w = probs.shape
-    norm = NORMALIZATIONS[params["normalization"]]
+    norm = {"symmetric": dcrf.NORMALIZE_SYMMETRIC, "per_pixel": dcrf.NORMALIZE_AFTER}[
+        params["normalization"]
+    ]
     crf = dcrf.DenseCRF2D(w, h, c)
     unary = -probs.reshape(c, -1) if kind == "logits" else unary_from_softmax(probs)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))

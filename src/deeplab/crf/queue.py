@@ -35,7 +35,7 @@ class RefineQueue:
         self.crf, self.chunk, self.kind = crf, max(1, chunk), kind
         self.workers = num_workers or os.cpu_count() or 1
         self.max_pending = max_pending or 2 * self.chunk
-        self.background = crf.backend == "pydensecrf" and self.workers >= 2
+        self.background = crf.in_worker_processes and self.workers >= 2
         self._pool: ProcessPoolExecutor | None = None
         self._running: deque = deque()  # (key, future), oldest first
         self._buffer: list = []  # (key, image, scores) for the in-process path

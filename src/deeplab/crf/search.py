@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplab.crf.dense_crf import DenseCRF
+from deeplab.crf.dense_crf import BACKENDS, DenseCRF, default_backend
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
 from deeplab.data.classes import VOC_CLASSES
@@ -192,8 +192,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("probs_dir", help="folder of .npz files from evaluate.py save_probs=<dir>")
     p.add_argument("--limit", type=int, default=100, help="first N images (paper: 100; 0 = all)")
-    p.add_argument("--backend", choices=("pydensecrf", "torch"), default=None,
-                   help="default: torch on a GPU, else pydensecrf over all cores")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="default: torch on a GPU or without pydensecrf, else pydensecrf",
+    )
     p.add_argument(
         "--num-workers", type=int, default=None, help="pydensecrf processes (default: all cores)"
     )
@@ -218,7 +222,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @reports_user_errors
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    backend = args.backend or ("torch" if torch.cuda.is_available() else "pydensecrf")
+    backend = args.backend or default_backend()
     grid = {a: getattr(args, a) for a in AXES}
     fine = None
     if not args.no_fine:

@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -22,6 +21,7 @@ from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, print_table, write_metrics
 from deeplab.engine.test_time import probabilities, wrap
+from deeplab.runtime.config import instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.progress import track
@@ -32,6 +32,14 @@ from deeplab.weights.checkpoint import check_readable, load_network
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """Start-up checks, before anything runs: the config values (runtime.config_checks), then
+    the rules the components own, by building the cheap ones (the CRF checks its parameters)."""
+    check_config(cfg)
+    if cfg.get("crf"):
+        instantiate(cfg.crf)
+
+
 def model_config(cfg: DictConfig) -> dict:
     """The resolved `model` config, as checkpoints record it."""
     return OmegaConf.to_container(cfg.model, resolve=True)
@@ -40,19 +48,19 @@ def model_config(cfg: DictConfig) -> dict:
 def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
     """`cfg.model` with the weights of `cfg.ckpt_path`, checked against this run's class count,
     input normalization and model config (a mismatch names the overrides that fix it)."""
-    net, mean, std = hydra.utils.instantiate(cfg.model), datamodule.mean, datamodule.std
+    net, mean, std = instantiate(cfg.model), datamodule.mean, datamodule.std
     return load_network(net, cfg.ckpt_path, datamodule.num_classes, mean, std, model_config(cfg))
 
 
 def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
     """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
-    crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
+    crf = instantiate(cfg.crf) if cfg.get("crf") else None
     optim = dict(cfg.get("optim") or {})
     optim["optimizer"] = optim.pop("name", "sgd")
     return SegmentationModule(
         net,
         datamodule.class_names,
-        schedule=hydra.utils.instantiate(cfg.schedule) if cfg.get("schedule") else None,
+        schedule=instantiate(cfg.schedule) if cfg.get("schedule") else None,
         crf=crf,
         crf_workers=cfg.get("crf_workers", 1),
         mean=datamodule.mean,
@@ -71,7 +79,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
 
     `callbacks` are added to the standard ones (checkpoints, reseeding, throughput, overlays).
     """
-    check_config(cfg)
+    check_run_config(cfg)
     run_dir = Path(run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = resume_from(cfg.get("ckpt_path"), last)  # `auto`: this run folder's last.ckpt
@@ -79,8 +87,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         check_readable(resume)
     conventions.check_run(cfg)  # before anything is built: the weights' input convention
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    net = speed.apply(hydra.utils.instantiate(cfg.model), cfg.get("speed"))
+    datamodule = instantiate(cfg.data)
+    net = speed.apply(instantiate(cfg.model), cfg.get("speed"))
     module = build_module(cfg, datamodule, net)
     loggers = build_loggers(cfg.get("logger"), run_dir)
     throughput = Throughput()
@@ -97,7 +105,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         ]
         + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
     )
-    trainer = hydra.utils.instantiate(
+    trainer = instantiate(
         cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
     )
     for logger in loggers:
@@ -176,13 +184,13 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
 
 def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
-    check_config(cfg)
+    check_run_config(cfg)
     run_dir = Path(run_dir)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = instantiate(cfg.data)
     net = trained_network(cfg, datamodule)
     net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
-    trainer = hydra.utils.instantiate(
+    trainer = instantiate(
         cfg.trainer,
         logger=False,
         callbacks=[*(callbacks or []), progress_bar()],
@@ -236,17 +244,17 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
     `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
     are still done; then SkippedImages lists them. Returns the masks written."""
-    check_config(cfg)
+    check_run_config(cfg)
     out = Path(cfg.get("output_dir") or run_dir)
     files = image_files(cfg.input)
     names = output_names(files)
-    datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only
+    datamodule = instantiate(cfg.data)  # class count, palette, normalization only
     device = torch.device(
         cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )
     net = trained_network(cfg, datamodule)
     net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
-    crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
+    crf = instantiate(cfg.crf) if cfg.get("crf") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     written, skipped = [], {}

@@ -6,7 +6,11 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig
+
+from deeplab.runtime.errors import UserError
 
 
 def _conf_dir() -> Path:
@@ -29,3 +33,14 @@ def compose(config_name: str = "train", overrides: list[str] | None = None) -> D
 def hydra_value(value) -> str:
     """A value as it is typed on the command line (`[6,12]`, `true`, `null`)."""
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+def instantiate(node, **kwargs):
+    """`hydra.utils.instantiate`, with a component's own UserError passed on as it was raised
+    (Hydra wraps every error of a `_target_` in an InstantiationException and its repr)."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise

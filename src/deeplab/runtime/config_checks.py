@@ -178,18 +178,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         optional(positive),
         "null (no clipping) or a norm > 0, e.g. trainer.gradient_clip_val=2.0",
     ),
-    ("crf.backend", one_of("pydensecrf", "torch"), "pydensecrf or torch, e.g. crf.backend=torch"),
-    (
-        "crf.normalization",
-        one_of("symmetric", "per_pixel"),
-        "symmetric or per_pixel, e.g. crf.normalization=symmetric",
-    ),
-    ("crf.iterations", non_negative_int, "an integer >= 0, e.g. crf.iterations=10"),
-    ("crf.pos_w", non_negative, "a weight >= 0, e.g. crf.pos_w=3"),
-    ("crf.bi_w", non_negative, "a weight >= 0, e.g. crf.bi_w=4"),
-    ("crf.pos_xy_std", positive, "a deviation > 0, e.g. crf.pos_xy_std=3"),
-    ("crf.bi_xy_std", positive, "a deviation > 0, e.g. crf.bi_xy_std=49"),
-    ("crf.bi_rgb_std", positive, "a deviation > 0, e.g. crf.bi_rgb_std=5"),
     (
         "tta.scales",
         numbers(None, positive),
