@@ -1,9 +1,12 @@
-"""Score a checkpoint on the val split: `python src/evaluate.py ckpt_path=... [model=...]`.
+"""Score a checkpoint on the val split: `python src/evaluate.py ckpt_path=...`.
 
-Use the same data / model / backbone groups as training. Options: `tta.scales=[0.5,0.75,1.0]`,
-`tta.flip=true`, `tta.tile=513` (sliding window), `tta.pad_to=513` (the released test nets'
-protocol), `crf=...`, `save_probs=<dir>`.
+The checkpoint brings its network, data set (and split), normalisation and, for a converted Caffe
+file, the released test protocol; anything on the command line goes on top. Options:
+`tta.scales=[0.5,0.75,1.0]`, `tta.flip=true`, `tta.tile=513` (sliding window), `tta.pad_to=513`
+(the released test nets' protocol), `crf=...`, `save_probs=<dir>`.
 """
+
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -11,6 +14,7 @@ from omegaconf import DictConfig
 
 from deeplab.engine.pipeline import evaluate
 from deeplab.runtime.cli import reports_user_errors
+from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
@@ -20,4 +24,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = with_checkpoint_overrides(sys.argv)  # the checkpoint's settings, then the user's
     main()

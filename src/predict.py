@@ -6,12 +6,15 @@ suffix when two images share a stem (`x.jpg`, `x.png` -> `x_jpg.png`, `x_png.png
 images are skipped and listed at the end, with exit status 2.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.engine.pipeline import predict
 from deeplab.runtime.cli import reports_user_errors
+from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
 
 
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
@@ -23,4 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = with_checkpoint_overrides(sys.argv)  # the checkpoint's settings, then the user's
     main()

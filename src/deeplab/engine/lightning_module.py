@@ -62,6 +62,7 @@ class SegmentationModule(pl.LightningModule):
         keep_samples: int = 0,
         probs_dir=None,
         model_config: dict | None = None,
+        run_overrides: list[str] | None = None,
     ):
         super().__init__()
         self.net = net
@@ -78,6 +79,7 @@ class SegmentationModule(pl.LightningModule):
         self.mean, self.std, self.ignore_index = mean, std, ignore_index
         self.keep_samples, self.probs_dir = keep_samples, probs_dir
         self.model_config = model_config  # saved in checkpoints, for override hints on load
+        self.run_overrides = run_overrides  # saved in checkpoints: evaluate / predict apply them
         self.confusion = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_crf = confusion_matrix(self.num_classes, ignore_index)
         self.results: dict = {}  # {"val": scores(...), "val_crf": ...} of the latest validation
@@ -192,7 +194,7 @@ class SegmentationModule(pl.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["deeplab"] = ckpt.checkpoint_record(
-            self.net, self.num_classes, self.mean, self.std, self.model_config
+            self.net, self.num_classes, self.mean, self.std, self.model_config, self.run_overrides
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
@@ -28,6 +29,7 @@ from deeplab.runtime.progress import track
 from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_sigterm, resume_from
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import check_readable, load_network
+from deeplab.weights.checkpoint_overrides import run_overrides
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -52,6 +54,16 @@ def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
     return load_network(net, cfg.ckpt_path, datamodule.num_classes, mean, std, model_config(cfg))
 
 
+def rebuild_overrides(cfg: DictConfig) -> list[str]:
+    """What this run's checkpoints record so that evaluate / predict need only their path: the
+    resolved model and data configs, the data root made absolute (runs start anywhere)."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data.get("root"):
+        data["root"] = str(Path(data["root"]).expanduser().resolve())
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    return run_overrides(model_config(cfg), data, choices)
+
+
 def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
     """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
     crf = instantiate(cfg.crf) if cfg.get("crf") else None
@@ -68,6 +80,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         ignore_index=datamodule.ignore_index,
         keep_samples=cfg.get("val_samples", 0),
         model_config=model_config(cfg),
+        run_overrides=rebuild_overrides(cfg),
         **optim,
         **kwargs,
     )

@@ -21,14 +21,18 @@ def checkpoint_record(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     model: dict | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
     """What a checkpoint records about its run, to check against the one loading it: the network,
-    class count, input normalization and the resolved `model` config (for override hints)."""
+    class count, input normalization, the resolved `model` config (for override hints) and the
+    overrides that rebuild its network and data set (evaluate / predict apply them)."""
     meta: dict = {"network": type(net).__name__, "num_classes": num_classes}
     if mean is not None and std is not None:
         meta["normalization"] = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
     if model is not None:
         meta["model"] = model
+    if overrides is not None:
+        meta["overrides"] = list(overrides)
     return meta
 
 

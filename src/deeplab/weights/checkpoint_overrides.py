@@ -9,6 +9,7 @@ comes first, since a field override alone cannot turn one group option into anot
 the switch leaves wrong.
 """
 
+import torch
 from omegaconf import OmegaConf
 
 from deeplab.runtime.config import CONF_DIR, hydra_value
@@ -121,3 +122,104 @@ def fix_overrides(saved: dict, current: dict) -> list[str]:
         bb_defaults = group_options("backbone").get(saved_bb.get("name"), {})
         out.append(f"backbone={saved_bb.get('name')}")
     return out + _fields(saved_bb, current_bb, bb_defaults, "model.backbone", skip="name")
+
+
+# --- the overrides a checkpoint carries, so that evaluate / predict need only ckpt_path --------
+
+GROUPS = ("data", "backbone", "model")  # config groups that build what a checkpoint holds
+SKIPPED_LEAVES = {"_target_", "num_classes", "pretrained", "init_from"}  # set by group / data
+
+
+def _typed(value) -> str:
+    """A value as a Hydra override types it; strings quoted (paths may hold any character)."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return hydra_value(value)
+
+
+def _leaves(node: dict, prefix: str) -> list[tuple[str, object]]:
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out += _leaves(value, f"{prefix}.{key}")
+        elif key not in SKIPPED_LEAVES:
+            out.append((f"{prefix}.{key}", value))
+    return out
+
+
+def _choice(group: str, config: dict) -> str | None:
+    """The option of `group` that builds `config` (by builder / backbone name)."""
+    if group == "backbone":
+        return (config.get("backbone") or {}).get("name")
+    options = group_options(group)
+    if group == "model":
+        found = model_option(config, {})
+        return found[0] if found else None
+    matches = [n for n, o in options.items() if o.get("_target_") == config.get("_target_")]
+    return matches[0] if matches else None
+
+
+def run_overrides(model: dict, data: dict, choices: dict | None = None) -> list[str]:
+    """Overrides that rebuild this run's network and data set from the defaults: the group
+    options (Hydra's record when there is one), then every resolved value (`++`: added or set).
+    A checkpoint stores them; evaluate.py and predict.py put them before the command line's."""
+    choices = choices or {}
+    groups = {"data": data, "model": model, "backbone": model}
+    out = []
+    for group in GROUPS:
+        option = choices.get(group) or _choice(group, groups[group])
+        if option:
+            out.append(f"{group}={option}")
+    leaves = _leaves(data, "data") + _leaves(model, "model")
+    return out + [f"++{key}={_typed(value)}" for key, value in leaves]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def still_applying(saved: list[str], given: list[str]) -> list[str]:
+    """`saved` overrides (a checkpoint's), minus what the command line `given` decides itself: a
+    group it switches (with that group's values) and every key it sets."""
+    keys = {_key(o) for o in given if "=" in o}
+    dropped = set()
+    for group in set(GROUPS) & keys:
+        dropped.add(group)
+        dropped.add("model.backbone" if group == "backbone" else group)
+    kept = []
+    for override in saved:
+        key = _key(override)
+        if key in keys or key in dropped or any(key.startswith(f"{d}.") for d in dropped):
+            continue
+        kept.append(override)
+    return kept
+
+
+def saved_overrides(path: str) -> list[str]:
+    """The overrides a checkpoint (`deeplab.overrides`) or a converted Caffe file (`overrides`)
+    carries; none for a file that does not read as either (the run then names its problem)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, truncated, unsafe: reported where the checkpoint is loaded
+        return []
+    if not isinstance(obj, dict):
+        return []
+    record = obj.get("deeplab") if "deeplab" in obj else obj
+    overrides = record.get("overrides") if isinstance(record, dict) else None
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+
+
+def with_checkpoint_overrides(argv: list[str]) -> list[str]:
+    """A command line `[script, *args]` with the overrides of its `ckpt_path=` file put before
+    its own (which win): `python src/evaluate.py ckpt_path=X` rebuilds X's network, data set,
+    normalisation and test protocol with nothing retyped."""
+    script, args = argv[0], argv[1:]
+    given = [a for a in args if "=" in a and not a.startswith("-")]
+    others = [a for a in args if a not in given]  # Hydra's flags (-m, --cfg job, ...)
+    paths = [a.split("=", 1)[1] for a in given if _key(a) == "ckpt_path" and "=" in a]
+    if len(paths) != 1 or "," in paths[0]:  # a sweep over checkpoints: each job's own call
+        return argv
+    saved = saved_overrides(paths[0])
+    if not saved:
+        return argv
+    return [script, *others, *still_applying(saved, given), *given]
