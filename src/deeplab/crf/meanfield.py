@@ -164,6 +164,14 @@ def position_features(height: int, width: int, std: float, device) -> torch.Tens
     return torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
 
 
+def bilateral_features(image: torch.Tensor, xy_std: float, rgb_std: float) -> torch.Tensor:
+    """image (H, W, 3) RGB 0-255 (uint8 or float) -> (H*W, 5) float32 features x/xy_std,
+    y/xy_std, r/rgb_std, g/rgb_std, b/rgb_std, row-major like densecrf."""
+    h, w, _ = image.shape
+    rgb = image.reshape(-1, 3).float() / np.float32(rgb_std)
+    return torch.cat([position_features(h, w, xy_std, image.device), rgb], dim=1)
+
+
 def mean_field(
     images: list[torch.Tensor],
     probs: list[torch.Tensor],
@@ -182,8 +190,7 @@ def mean_field(
     bilateral, neg_unary, sizes = [], [], []
     for image, p in zip(images, probs, strict=True):
         c, h, w = p.shape
-        rgb = image.reshape(-1, 3).float() / np.float32(bi_rgb_std)
-        bilateral.append(torch.cat([position_features(h, w, bi_xy_std, p.device), rgb], dim=1))
+        bilateral.append(bilateral_features(image, bi_xy_std, bi_rgb_std))
         scores = p.reshape(c, -1).T
         neg_unary.append(scores if kind == "logits" else torch.log(scores.clamp(UNARY_CLIP, 1.0)))
         sizes.append(h * w)

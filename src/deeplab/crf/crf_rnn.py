@@ -1,0 +1,180 @@
+"""CRF-RNN (Zheng et al., ICCV 2015): the dense CRF's mean field unrolled as a trainable layer.
+
+The same CRF as the post-hoc `DenseCRF(backend="torch")` on raw scores (`kind="logits"`, unary
+-score), on the same permutohedral lattices (`permutohedral.Lattice`, `meanfield.Filters`), with
+the smoothness and appearance kernel weights and a C x C label compatibility learnable; the
+kernel widths stay fixed, as in CRF-RNN. One iteration, per pixel i and label l:
+
+    m_k = normalised K_k Q                      (message passing, per kernel k)
+    scores(l) = logits(l) - sum_l' mu(l, l') sum_k w_k m_k(l')   (compatibility transform)
+    Q = softmax(scores)
+
+mu starts as Potts, mu(l, l') = [l != l']. densecrf adds +w_k m_k(l) instead; the two differ by
+sum_l' w_k m_k(l'), the same for every label of a pixel, which the softmax ignores: untrained,
+both give the same Q.
+
+The lattices are built once per forward (the smoothness one is cached by image size) and serve
+every iteration and the backward pass. A lattice filter is alpha S^T B_0 ... B_d S (splat S,
+blur B_j along each axis, each symmetric), so its transpose is the same filter with the blur
+axes in reverse order: the backward of a filtering is that filtering of the gradient, on the
+same lattice, instead of autograd through every gather. Autograd keeps only per-iteration
+(P, C) tensors, never a lattice-sized one.
+"""
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from deeplab.crf.meanfield import (
+    Filters,
+    Kernel,
+    bilateral_features,
+    make_kernel,
+    smoothness_kernel,
+)
+from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
+
+
+class LatticeFilter:
+    """One kernel's normalised filtering as a differentiable map (P, C) -> (P, C).
+
+    The unnormalised filter K and its transpose share every index array; the normalisation is
+    a per-pixel scale before (symmetric) and after (both) it, left to autograd."""
+
+    def __init__(self, kernel: Kernel, dtype: torch.dtype):
+        raw = Filters.build([Kernel(kernel.lattice, 1.0, None, None)])
+        self.forward_filter = replace(
+            raw,
+            splat_weight=raw.splat_weight.to(dtype),
+            slice_weight=raw.slice_weight.to(dtype),
+            blur_weight=raw.blur_weight.to(dtype),
+        )
+        self.transposed_filter = replace(
+            self.forward_filter, blur_steps=self.forward_filter.blur_steps[::-1]
+        )
+        self.before = None if kernel.before is None else kernel.before.to(dtype)[:, None]
+        self.after = kernel.after.to(dtype)[:, None]
+
+    def __call__(self, q: torch.Tensor) -> torch.Tensor:
+        if self.before is not None:
+            q = q * self.before
+        return _Filtering.apply(q, self.forward_filter, self.transposed_filter) * self.after
+
+
+class _Filtering(torch.autograd.Function):
+    """y = K x with the backward K^T g on the same lattice (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, values, forward_filter, transposed_filter):
+        ctx.transposed_filter = transposed_filter
+        return forward_filter(values)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        return ctx.transposed_filter(grad.contiguous()), None, None
+
+
+class CRFRNN(nn.Module):
+    """Dense CRF mean field as a layer: forward(logits (B, C, H, W), images (B, 3, H, W) RGB
+    0-255) -> scores (B, C, H, W), the last iteration's pre-softmax scores (their argmax is its
+    labels).
+
+    Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights) and
+    `compatibility` (C x C, Potts at the start). Fixed: the kernel widths, `iterations` and the
+    normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's; "symmetric": 1 / sqrt(K 1)
+    before and after, pydensecrf's default). Computes in float32 (float64 when the scores are
+    float64) with autocast off, so it is safe inside bf16 / fp16 autocast; the images are not
+    differentiated."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        iterations: int = 5,
+        pos_w: float = 3.0,
+        pos_xy_std: float = 3.0,
+        bi_w: float = 4.0,
+        bi_xy_std: float = 49.0,
+        bi_rgb_std: float = 5.0,
+        normalization: str = "per_pixel",
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"CRFRNN num_classes={num_classes} must be >= 2")
+        if iterations < 0:
+            raise ValueError(f"CRFRNN iterations={iterations} must be >= 0")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"CRFRNN normalization={normalization!r}: choose one of {tuple(NORMALIZATIONS)}"
+            )
+        for name, std in (
+            ("pos_xy_std", pos_xy_std),
+            ("bi_xy_std", bi_xy_std),
+            ("bi_rgb_std", bi_rgb_std),
+        ):
+            if not std > 0:
+                raise ValueError(f"CRFRNN {name}={std} must be > 0")
+        self.num_classes, self.iterations = int(num_classes), int(iterations)
+        self.pos_xy_std, self.bi_xy_std, self.bi_rgb_std = (
+            float(pos_xy_std),
+            float(bi_xy_std),
+            float(bi_rgb_std),
+        )
+        self.normalization = normalization
+        self.pos_w = nn.Parameter(torch.tensor(float(pos_w)))
+        self.bi_w = nn.Parameter(torch.tensor(float(bi_w)))
+        self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, iterations={self.iterations}, "
+            f"pos_xy_std={self.pos_xy_std}, bi_xy_std={self.bi_xy_std}, "
+            f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}"
+        )
+
+    def forward(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        self._check(logits, images)
+        with torch.autocast(logits.device.type, enabled=False):
+            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+            b, c, h, w = logits.shape
+            neg_unary = logits.to(dtype).permute(0, 2, 3, 1).reshape(-1, c)  # labels last
+            if not self.iterations:
+                return logits.to(dtype)
+            smoothness, appearance = self._filters(images, dtype)
+            pos_w, bi_w = self.pos_w.to(dtype), self.bi_w.to(dtype)
+            compatibility_t = self.compatibility.to(dtype).T
+            q = torch.softmax(neg_unary, 1)
+            for _ in range(self.iterations):
+                messages = pos_w * smoothness(q) + bi_w * appearance(q)
+                scores = neg_unary - messages @ compatibility_t
+                q = torch.softmax(scores, 1)
+            return scores.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+    def _filters(self, images: torch.Tensor, dtype) -> tuple[LatticeFilter, LatticeFilter]:
+        """The two kernels' lattices for this batch (one lattice set per image)."""
+        b, _, h, w = images.shape
+        with torch.no_grad():
+            pixels = images.detach().permute(0, 2, 3, 1)
+            features = [bilateral_features(x, self.bi_xy_std, self.bi_rgb_std) for x in pixels]
+            appearance = make_kernel(features, 1.0, self.normalization)
+            smoothness = smoothness_kernel(
+                ((h, w),) * b, self.pos_xy_std, 1.0, self.normalization, images.device
+            )
+        return LatticeFilter(smoothness, dtype), LatticeFilter(appearance, dtype)
+
+    def _check(self, logits: torch.Tensor, images: torch.Tensor) -> None:
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"CRFRNN: logits must be (B, {self.num_classes}, H, W), got {tuple(logits.shape)}"
+            )
+        b, _, h, w = logits.shape
+        if tuple(images.shape) != (b, 3, h, w):
+            raise ValueError(
+                f"CRFRNN: images must be (B, 3, H, W) = {(b, 3, h, w)} RGB 0-255 like the "
+                f"logits {tuple(logits.shape)}, got {tuple(images.shape)}; upsample the scores "
+                "to the image size first"
+            )
+        if images.device != logits.device:
+            raise ValueError(f"CRFRNN: images on {images.device}, logits on {logits.device}")
