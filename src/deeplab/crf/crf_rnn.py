@@ -40,27 +40,34 @@ from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
 class LatticeFilter:
     """One kernel's normalised filtering as a differentiable map (P, C) -> (P, C).
 
-    The unnormalised filter K and its transpose share every index array; the normalisation is
-    a per-pixel scale before (symmetric) and after (both) it, left to autograd."""
+    With the normalisation N_b before and N_a after (diagonal; N_b = 1 per-pixel) the filter is
+    N_a K N_b and its transpose N_b K^T N_a: the same splat and slice arrays with the two scales
+    swapped and the blur axes reversed. `Filters` folds the scales into its weights."""
 
     def __init__(self, kernel: Kernel, dtype: torch.dtype):
-        raw = Filters.build([Kernel(kernel.lattice, 1.0, None, None)])
-        self.forward_filter = replace(
-            raw,
-            splat_weight=raw.splat_weight.to(dtype),
-            slice_weight=raw.slice_weight.to(dtype),
-            blur_weight=raw.blur_weight.to(dtype),
-        )
+        lattice = kernel.lattice
+        forward = Filters.build([Kernel(lattice, 1.0, kernel.before, kernel.after)])
+        self.forward_filter = _as(forward, dtype)
+        swapped = Filters.build([Kernel(lattice, 1.0, kernel.after, kernel.before)])
         self.transposed_filter = replace(
-            self.forward_filter, blur_steps=self.forward_filter.blur_steps[::-1]
+            self.forward_filter,  # shares the index arrays, which are the same
+            splat_weight=swapped.splat_weight.to(dtype),
+            slice_weight=swapped.slice_weight.to(dtype),
+            blur_steps=self.forward_filter.blur_steps[::-1],
         )
-        self.before = None if kernel.before is None else kernel.before.to(dtype)[:, None]
-        self.after = kernel.after.to(dtype)[:, None]
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        if self.before is not None:
-            q = q * self.before
-        return _Filtering.apply(q, self.forward_filter, self.transposed_filter) * self.after
+        return _Filtering.apply(q, self.forward_filter, self.transposed_filter)
+
+
+def _as(filters: Filters, dtype: torch.dtype) -> Filters:
+    """`filters` with its weights in `dtype` (embedding_bag wants them in the values' dtype)."""
+    return replace(
+        filters,
+        splat_weight=filters.splat_weight.to(dtype),
+        slice_weight=filters.slice_weight.to(dtype),
+        blur_weight=filters.blur_weight.to(dtype),
+    )
 
 
 class _Filtering(torch.autograd.Function):
@@ -147,8 +154,9 @@ class CRFRNN(nn.Module):
             compatibility_t = self.compatibility.to(dtype).T
             q = torch.softmax(neg_unary, 1)
             for _ in range(self.iterations):
-                messages = pos_w * smoothness(q) + bi_w * appearance(q)
-                scores = neg_unary - messages @ compatibility_t
+                messages = smoothness(q) * pos_w
+                messages += appearance(q) * bi_w
+                scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
                 q = torch.softmax(scores, 1)
             return scores.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
