@@ -134,6 +134,15 @@ class CRFRNN(nn.Module):
         self.bi_w = nn.Parameter(torch.tensor(float(bi_w)))
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
 
+    @classmethod
+    def like(cls, crf, num_classes: int, iterations: int | None = None) -> "CRFRNN":
+        """The layer with a post-hoc `DenseCRF`'s kernels and normalisation (its iterations
+        unless given): untrained, the same CRF on raw scores."""
+        params = dict(crf.params)
+        if iterations is not None:
+            params["iterations"] = iterations
+        return cls(num_classes, **params)
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, iterations={self.iterations}, "
@@ -145,10 +154,10 @@ class CRFRNN(nn.Module):
         self._check(logits, images)
         with torch.autocast(logits.device.type, enabled=False):
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            b, c, h, w = logits.shape
-            neg_unary = logits.to(dtype).permute(0, 2, 3, 1).reshape(-1, c)  # labels last
             if not self.iterations:
                 return logits.to(dtype)
+            b, c, h, w = logits.shape
+            neg_unary = logits.to(dtype).permute(0, 2, 3, 1).reshape(-1, c)  # labels last
             smoothness, appearance = self._filters(images, dtype)
             pos_w, bi_w = self.pos_w.to(dtype), self.bi_w.to(dtype)
             compatibility_t = self.compatibility.to(dtype).T
@@ -158,7 +167,7 @@ class CRFRNN(nn.Module):
                 messages += appearance(q) * bi_w
                 scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
                 q = torch.softmax(scores, 1)
-            return scores.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            return scores.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
     def _filters(self, images: torch.Tensor, dtype) -> tuple[LatticeFilter, LatticeFilter]:
         """The two kernels' lattices for this batch (one lattice set per image)."""
