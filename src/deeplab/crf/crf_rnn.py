@@ -17,13 +17,15 @@ The lattices are built once per forward (the smoothness one is cached by image s
 every iteration and the backward pass. A lattice filter is alpha S^T B_0 ... B_d S (splat S,
 blur B_j along each axis, each symmetric), so its transpose is the same filter with the blur
 axes in reverse order: the backward of a filtering is that filtering of the gradient, on the
-same lattice, instead of autograd through every gather. Autograd keeps only per-iteration
-(P, C) tensors, never a lattice-sized one.
+same lattice, instead of autograd through every gather. Since the filtering acts per label and
+mu across labels, both kernels' weighted messages come from one splat, blur and slice (the
+post-hoc CRF's), and autograd keeps two (P, C) maps per iteration, never a lattice-sized one.
 """
 
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -37,27 +39,74 @@ from deeplab.crf.meanfield import (
 from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
 
 
-class LatticeFilter:
-    """One kernel's normalised filtering as a differentiable map (P, C) -> (P, C).
+class KernelPair:
+    """Both kernels' normalised filterings on one stacked lattice array (`meanfield.Filters`),
+    with unit kernel weights folded nowhere: the weights enter per slice column at each call,
+    in the values' dtype, so float64 gradients see them exactly.
 
-    With the normalisation N_b before and N_a after (diagonal; N_b = 1 per-pixel) the filter is
+    With the normalisation N_b before and N_a after (diagonal; N_b = 1 per-pixel) a kernel is
     N_a K N_b and its transpose N_b K^T N_a: the same splat and slice arrays with the two scales
-    swapped and the blur axes reversed. `Filters` folds the scales into its weights."""
+    swapped and the blur axes reversed. The transposed slice is kept per kernel, so the backward
+    gets each kernel's K_k^T g (for its weight's gradient) from one splat and blur."""
 
-    def __init__(self, kernel: Kernel, dtype: torch.dtype):
-        lattice = kernel.lattice
-        forward = Filters.build([Kernel(lattice, 1.0, kernel.before, kernel.after)])
-        self.forward_filter = _as(forward, dtype)
-        swapped = Filters.build([Kernel(lattice, 1.0, kernel.after, kernel.before)])
-        self.transposed_filter = replace(
+    def __init__(self, smoothness: Kernel, appearance: Kernel, dtype: torch.dtype):
+        kernels = (smoothness, appearance)  # Filters' column order: fewer dimensions first
+        unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in kernels])
+        swapped = Filters.build([Kernel(k.lattice, 1.0, k.after, k.before) for k in kernels])
+        self.forward_filter = _as(unit, dtype)
+        self.vertices = torch.tensor(
+            [k.lattice.weights.shape[0] for k in kernels], device=unit.slice_index.device
+        )
+        self.transposed_spread = replace(
             self.forward_filter,  # shares the index arrays, which are the same
             splat_weight=swapped.splat_weight.to(dtype),
-            slice_weight=swapped.slice_weight.to(dtype),
             blur_steps=self.forward_filter.blur_steps[::-1],
         )
+        columns = torch.split(torch.arange(int(self.vertices.sum())), self.vertices.tolist())
+        self.transposed_slices = [
+            (swapped.slice_index[:, c].contiguous(), swapped.slice_weight[:, c].to(dtype))
+            for c in columns
+        ]
 
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        return _Filtering.apply(q, self.forward_filter, self.transposed_filter)
+    def __call__(self, q: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k weights[k] N_k K_k q for q (P, C), differentiable in q and `weights` (2,)."""
+        return _Messages.apply(q, weights, self)
+
+    def transposed(self, grad: torch.Tensor) -> list[torch.Tensor]:
+        """[(N_k K_k)^T grad for each kernel k]."""
+        lattice = self.transposed_spread.spread(grad)
+        return [
+            F.embedding_bag(index, lattice, mode="sum", per_sample_weights=weight)
+            for index, weight in self.transposed_slices
+        ]
+
+
+class _Messages(torch.autograd.Function):
+    """y = sum_k w_k A_k q on the shared lattice; the backward runs A_k^T on the same lattice
+    (see the module docstring) instead of autograd through every gather, and keeps only q."""
+
+    @staticmethod
+    def forward(ctx, q, weights, kernels: KernelPair):
+        ctx.kernels = kernels
+        ctx.save_for_backward(q, weights)
+        per_column = weights.repeat_interleave(kernels.vertices)
+        f = kernels.forward_filter
+        return F.embedding_bag(
+            f.slice_index, f.spread(q), mode="sum", per_sample_weights=f.slice_weight * per_column
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, weights = ctx.saved_tensors
+        per_kernel = ctx.kernels.transposed(grad.contiguous())
+        grad_q = per_kernel[0] * weights[0]
+        for w, part in zip(weights[1:], per_kernel[1:], strict=True):
+            grad_q += part * w
+        grad_weights = torch.stack(
+            [torch.vdot(part.reshape(-1), q.reshape(-1)) for part in per_kernel]
+        )
+        return grad_q, grad_weights, None
 
 
 def _as(filters: Filters, dtype: torch.dtype) -> Filters:
@@ -68,20 +117,6 @@ def _as(filters: Filters, dtype: torch.dtype) -> Filters:
         slice_weight=filters.slice_weight.to(dtype),
         blur_weight=filters.blur_weight.to(dtype),
     )
-
-
-class _Filtering(torch.autograd.Function):
-    """y = K x with the backward K^T g on the same lattice (see the module docstring)."""
-
-    @staticmethod
-    def forward(ctx, values, forward_filter, transposed_filter):
-        ctx.transposed_filter = transposed_filter
-        return forward_filter(values)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        return ctx.transposed_filter(grad.contiguous()), None, None
 
 
 class CRFRNN(nn.Module):
@@ -158,18 +193,17 @@ class CRFRNN(nn.Module):
                 return logits.to(dtype)
             b, c, h, w = logits.shape
             neg_unary = logits.to(dtype).permute(0, 2, 3, 1).reshape(-1, c)  # labels last
-            smoothness, appearance = self._filters(images, dtype)
-            pos_w, bi_w = self.pos_w.to(dtype), self.bi_w.to(dtype)
+            kernels = self._kernels(images, dtype)
+            weights = torch.stack([self.pos_w, self.bi_w]).to(dtype)
             compatibility_t = self.compatibility.to(dtype).T
             q = torch.softmax(neg_unary, 1)
             for _ in range(self.iterations):
-                messages = smoothness(q) * pos_w
-                messages += appearance(q) * bi_w
+                messages = kernels(q, weights)
                 scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
                 q = torch.softmax(scores, 1)
             return scores.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
-    def _filters(self, images: torch.Tensor, dtype) -> tuple[LatticeFilter, LatticeFilter]:
+    def _kernels(self, images: torch.Tensor, dtype) -> KernelPair:
         """The two kernels' lattices for this batch (one lattice set per image)."""
         b, _, h, w = images.shape
         with torch.no_grad():
@@ -179,7 +213,7 @@ class CRFRNN(nn.Module):
             smoothness = smoothness_kernel(
                 ((h, w),) * b, self.pos_xy_std, 1.0, self.normalization, images.device
             )
-        return LatticeFilter(smoothness, dtype), LatticeFilter(appearance, dtype)
+            return KernelPair(smoothness, appearance, dtype)
 
     def _check(self, logits: torch.Tensor, images: torch.Tensor) -> None:
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:

@@ -125,6 +125,12 @@ class Filters:
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """sum_k w_k normalised K_k q for q (P, C): splat, blur, slice."""
+        return F.embedding_bag(
+            self.slice_index, self.spread(q), mode="sum", per_sample_weights=self.slice_weight
+        )
+
+    def spread(self, q: torch.Tensor) -> torch.Tensor:
+        """The lattice array of q (P, C): splat, then blur."""
         weight = self.splat_weight
         lattice = F.embedding_bag(
             self.splat_index, q, self.splat_offsets, mode="sum", per_sample_weights=weight
@@ -133,9 +139,7 @@ class Filters:
             lattice = F.embedding_bag(
                 bags, lattice, mode="sum", per_sample_weights=self.blur_weight
             )
-        return F.embedding_bag(
-            self.slice_index, lattice, mode="sum", per_sample_weights=self.slice_weight
-        )
+        return lattice
 
 
 def smoothness_kernel(
