@@ -17,9 +17,9 @@ The lattices are built once per forward (the smoothness one is cached by image s
 every iteration and the backward pass. A lattice filter is alpha S^T B_0 ... B_d S (splat S,
 blur B_j along each axis, each symmetric), so its transpose is the same filter with the blur
 axes in reverse order: the backward of a filtering is that filtering of the gradient, on the
-same lattice, instead of autograd through every gather. Since the filtering acts per label and
-mu across labels, both kernels' weighted messages come from one splat, blur and slice (the
-post-hoc CRF's), and autograd keeps two (P, C) maps per iteration, never a lattice-sized one.
+same lattice, instead of autograd through every gather. Both kernels' weighted messages come
+from one splat, blur and slice over the post-hoc CRF's stacked lattice array (the weights enter
+per slice column), and autograd keeps two (P, C) maps per iteration, never a lattice-sized one.
 """
 
 from dataclasses import replace
