@@ -50,23 +50,31 @@ class KernelPair:
     gets each kernel's K_k^T g (for its weight's gradient) from one splat and blur."""
 
     def __init__(self, smoothness: Kernel, appearance: Kernel, dtype: torch.dtype):
-        kernels = (smoothness, appearance)  # Filters' column order: fewer dimensions first
-        unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in kernels])
-        swapped = Filters.build([Kernel(k.lattice, 1.0, k.after, k.before) for k in kernels])
+        self.kernels = (smoothness, appearance)  # Filters' column order: fewer dimensions first
+        unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in self.kernels])
         self.forward_filter = _as(unit, dtype)
         self.vertices = torch.tensor(
-            [k.lattice.weights.shape[0] for k in kernels], device=unit.slice_index.device
+            [k.lattice.weights.shape[0] for k in self.kernels], device=unit.slice_index.device
         )
-        self.transposed_spread = replace(
-            self.forward_filter,  # shares the index arrays, which are the same
-            splat_weight=swapped.splat_weight.to(dtype),
-            blur_steps=self.forward_filter.blur_steps[::-1],
+        self.transposed_parts = None  # built by the first backward: evaluation needs none
+
+    def _build_transposed(self) -> None:
+        f = self.forward_filter
+        swapped = Filters.build([Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels])
+        spread = replace(  # shares the index arrays, which are the same
+            f,
+            splat_weight=swapped.splat_weight.to(f.splat_weight.dtype),
+            blur_steps=f.blur_steps[::-1],
         )
-        columns = torch.split(torch.arange(int(self.vertices.sum())), self.vertices.tolist())
-        self.transposed_slices = [
-            (swapped.slice_index[:, c].contiguous(), swapped.slice_weight[:, c].to(dtype))
-            for c in columns
+        ends = self.vertices.cumsum(0).tolist()
+        slices = [
+            (
+                swapped.slice_index[:, start:end].contiguous(),
+                swapped.slice_weight[:, start:end].to(spread.splat_weight.dtype).contiguous(),
+            )
+            for start, end in zip([0, *ends[:-1]], ends, strict=True)
         ]
+        self.transposed_parts = spread, slices
 
     def __call__(self, q: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_k weights[k] N_k K_k q for q (P, C), differentiable in q and `weights` (2,)."""
@@ -74,10 +82,13 @@ class KernelPair:
 
     def transposed(self, grad: torch.Tensor) -> list[torch.Tensor]:
         """[(N_k K_k)^T grad for each kernel k]."""
-        lattice = self.transposed_spread.spread(grad)
+        if self.transposed_parts is None:
+            self._build_transposed()
+        spread, slices = self.transposed_parts
+        lattice = spread.spread(grad)
         return [
             F.embedding_bag(index, lattice, mode="sum", per_sample_weights=weight)
-            for index, weight in self.transposed_slices
+            for index, weight in slices
         ]
 
 
