@@ -8,7 +8,8 @@ process CPU time, the steadier of the two on a shared machine), then averaged ov
 
 - post-hoc: `DenseCRF` on raw scores (`kind="logits"`), pydensecrf and the torch port;
 - CRF-RNN forward without autograd (evaluation), forward recording the graph, and forward +
-  backward of a loss on its scores w.r.t. the scores and its parameters (training);
+  backward of a loss on its scores w.r.t. the scores and its parameters (training); the same
+  with autograd through every lattice gather instead of the layer's transposed filtering;
 - what autograd keeps for the backward (MB of saved tensors), and the share of pixels where the
   untrained layer's labels equal the torch post-hoc CRF's.
 
@@ -23,9 +24,11 @@ import os
 import platform
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from bench_crf import make_input  # this folder: the same real-image inputs as the CRF bench
 
 SIZE, CLASSES = 321, 21
@@ -54,8 +57,16 @@ def saved_megabytes(layer, logits, images) -> float:
     return sum(storages.values()) / 2**20
 
 
+def _messages_by_autograd(q, weights, kernels):
+    f = kernels.forward_filter
+    per_column = weights.repeat_interleave(kernels.vertices)
+    return F.embedding_bag(
+        f.slice_index, f.spread(q), mode="sum", per_sample_weights=f.slice_weight * per_column
+    )
+
+
 def bench(iterations: int, data, repeats: int) -> dict:
-    from deeplab.crf import CRFRNN, DenseCRF
+    from deeplab.crf import CRFRNN, DenseCRF, crf_rnn
 
     post_hoc = {
         backend: DenseCRF(backend=backend, iterations=iterations, **SETTING)
@@ -73,12 +84,19 @@ def bench(iterations: int, data, repeats: int) -> dict:
     def forward_backward(logits, images):
         layer(logits.requires_grad_(), images).logsumexp(1).sum().backward()
 
+    def through_gathers(logits, images):
+        """The same forward + backward with autograd through every splat, blur and slice gather
+        instead of the transposed filtering on the lattice (`crf_rnn._Messages`)."""
+        with patch.object(crf_rnn._Messages, "apply", _messages_by_autograd):
+            forward_backward(logits, images)
+
     runs = {
         "pydensecrf": lambda im, lg, ims, lgs: post_hoc["pydensecrf"](im, lg.numpy(), "logits"),
         "torch": lambda im, lg, ims, lgs: post_hoc["torch"](im, lg, "logits"),
         "crf_rnn_forward": lambda im, lg, ims, lgs: forward(lgs, ims),
         "crf_rnn_forward_graph": lambda im, lg, ims, lgs: forward_graph(lgs.clone(), ims),
         "crf_rnn_forward_backward": lambda im, lg, ims, lgs: forward_backward(lgs.clone(), ims),
+        "through_gathers": lambda im, lg, ims, lgs: through_gathers(lgs.clone(), ims),
     }
     ms = {name: [] for name in runs}
     cpu_ms = {name: [] for name in runs}
@@ -131,9 +149,10 @@ def main() -> None:
         print(
             "| iterations | post-hoc pydensecrf | post-hoc torch | CRF-RNN forward (no grad) "
             "| CRF-RNN forward (graph) | CRF-RNN forward + backward | (fwd + bwd) / fwd "
-            "| autograd saved MB | same labels as post-hoc |"
+            "| fwd + bwd, autograd through the gathers | autograd saved MB "
+            "| same labels as post-hoc |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for row in rows:
             t = row[key]
             print(
@@ -141,6 +160,7 @@ def main() -> None:
                 f"{t['crf_rnn_forward']:.0f} | {t['crf_rnn_forward_graph']:.0f} | "
                 f"{t['crf_rnn_forward_backward']:.0f} | "
                 f"{t['crf_rnn_forward_backward'] / t['crf_rnn_forward_graph']:.2f}x | "
+                f"{t['through_gathers']:.0f} | "
                 f"{row['saved_mb']:.0f} | {100 * row['agree']:.3f}% |"
             )
     machine = {

@@ -40,14 +40,14 @@ from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
 
 
 class KernelPair:
-    """Both kernels' normalised filterings on one stacked lattice array (`meanfield.Filters`),
-    with unit kernel weights folded nowhere: the weights enter per slice column at each call,
-    in the values' dtype, so float64 gradients see them exactly.
+    """Both kernels' normalised filterings A_k on one stacked lattice array (`meanfield.Filters`).
+    The kernel weights are not folded into it: they scale the slice columns at each call, in the
+    values' dtype, so float64 gradients see them exactly.
 
     With the normalisation N_b before and N_a after (diagonal; N_b = 1 per-pixel) a kernel is
-    N_a K N_b and its transpose N_b K^T N_a: the same splat and slice arrays with the two scales
-    swapped and the blur axes reversed. The transposed slice is kept per kernel, so the backward
-    gets each kernel's K_k^T g (for its weight's gradient) from one splat and blur."""
+    A_k = N_a K N_b and its transpose N_b K^T N_a: the same splat and slice arrays with the two
+    scales swapped and the blur axes reversed. The transposed slice is kept per kernel, so the
+    backward gets each A_k^T g (for its weight's gradient) from one splat and blur."""
 
     def __init__(self, smoothness: Kernel, appearance: Kernel, dtype: torch.dtype):
         self.kernels = (smoothness, appearance)  # Filters' column order: fewer dimensions first
@@ -77,11 +77,11 @@ class KernelPair:
         self.transposed_parts = spread, slices
 
     def __call__(self, q: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """sum_k weights[k] N_k K_k q for q (P, C), differentiable in q and `weights` (2,)."""
+        """sum_k weights[k] A_k q for q (P, C), differentiable in q and `weights` (2,)."""
         return _Messages.apply(q, weights, self)
 
     def transposed(self, grad: torch.Tensor) -> list[torch.Tensor]:
-        """[(N_k K_k)^T grad for each kernel k]."""
+        """[A_k^T grad for each kernel k]."""
         if self.transposed_parts is None:
             self._build_transposed()
         spread, slices = self.transposed_parts
