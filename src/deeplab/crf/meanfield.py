@@ -125,6 +125,12 @@ class Filters:
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """sum_k w_k normalised K_k q for q (P, C): splat, blur, slice."""
+        return F.embedding_bag(
+            self.slice_index, self.spread(q), mode="sum", per_sample_weights=self.slice_weight
+        )
+
+    def spread(self, q: torch.Tensor) -> torch.Tensor:
+        """The lattice array of q (P, C): splat, then blur."""
         weight = self.splat_weight
         lattice = F.embedding_bag(
             self.splat_index, q, self.splat_offsets, mode="sum", per_sample_weights=weight
@@ -133,9 +139,7 @@ class Filters:
             lattice = F.embedding_bag(
                 bags, lattice, mode="sum", per_sample_weights=self.blur_weight
             )
-        return F.embedding_bag(
-            self.slice_index, lattice, mode="sum", per_sample_weights=self.slice_weight
-        )
+        return lattice
 
 
 def smoothness_kernel(
@@ -164,6 +168,14 @@ def position_features(height: int, width: int, std: float, device) -> torch.Tens
     return torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1).reshape(-1, 2)
 
 
+def bilateral_features(image: torch.Tensor, xy_std: float, rgb_std: float) -> torch.Tensor:
+    """image (H, W, 3) RGB 0-255 (uint8 or float) -> (H*W, 5) float32 features x/xy_std,
+    y/xy_std, r/rgb_std, g/rgb_std, b/rgb_std, row-major like densecrf."""
+    h, w, _ = image.shape
+    rgb = image.reshape(-1, 3).float() / np.float32(rgb_std)
+    return torch.cat([position_features(h, w, xy_std, image.device), rgb], dim=1)
+
+
 def mean_field(
     images: list[torch.Tensor],
     probs: list[torch.Tensor],
@@ -182,8 +194,7 @@ def mean_field(
     bilateral, neg_unary, sizes = [], [], []
     for image, p in zip(images, probs, strict=True):
         c, h, w = p.shape
-        rgb = image.reshape(-1, 3).float() / np.float32(bi_rgb_std)
-        bilateral.append(torch.cat([position_features(h, w, bi_xy_std, p.device), rgb], dim=1))
+        bilateral.append(bilateral_features(image, bi_xy_std, bi_rgb_std))
         scores = p.reshape(c, -1).T
         neg_unary.append(scores if kind == "logits" else torch.log(scores.clamp(UNARY_CLIP, 1.0)))
         sizes.append(h * w)

@@ -1,0 +1,242 @@
+"""CRF-RNN (Zheng et al., ICCV 2015): the dense CRF's mean field unrolled as a trainable layer.
+
+The same CRF as the post-hoc `DenseCRF(backend="torch")` on raw scores (`kind="logits"`, unary
+-score), on the same permutohedral lattices (`permutohedral.Lattice`, `meanfield.Filters`), with
+the smoothness and appearance kernel weights and a C x C label compatibility learnable; the
+kernel widths stay fixed, as in CRF-RNN. One iteration, per pixel i and label l:
+
+    m_k = normalised K_k Q                      (message passing, per kernel k)
+    scores(l) = logits(l) - sum_l' mu(l, l') sum_k w_k m_k(l')   (compatibility transform)
+    Q = softmax(scores)
+
+mu starts as Potts, mu(l, l') = [l != l']. densecrf adds +w_k m_k(l) instead; the two differ by
+sum_l' w_k m_k(l'), the same for every label of a pixel, which the softmax ignores: untrained,
+both give the same Q.
+
+The lattices are built once per forward (the smoothness one is cached by image size) and serve
+every iteration and the backward pass. A lattice filter is alpha S^T B_0 ... B_d S (splat S,
+blur B_j along each axis, each symmetric), so its transpose is the same filter with the blur
+axes in reverse order: the backward of a filtering is that filtering of the gradient, on the
+same lattice, instead of autograd through every gather. Both kernels' weighted messages come
+from one splat, blur and slice over the post-hoc CRF's stacked lattice array (the weights enter
+per slice column), and autograd keeps two (P, C) maps per iteration, never a lattice-sized one.
+"""
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from deeplab.crf.meanfield import (
+    Filters,
+    Kernel,
+    bilateral_features,
+    make_kernel,
+    smoothness_kernel,
+)
+from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
+
+
+class KernelPair:
+    """Both kernels' normalised filterings A_k on one stacked lattice array (`meanfield.Filters`).
+    The kernel weights are not folded into it: they scale the slice columns at each call, in the
+    values' dtype, so float64 gradients see them exactly.
+
+    With the normalisation N_b before and N_a after (diagonal; N_b = 1 per-pixel) a kernel is
+    A_k = N_a K N_b and its transpose N_b K^T N_a: the same splat and slice arrays with the two
+    scales swapped and the blur axes reversed. The transposed slice is kept per kernel, so the
+    backward gets each A_k^T g (for its weight's gradient) from one splat and blur."""
+
+    def __init__(self, smoothness: Kernel, appearance: Kernel, dtype: torch.dtype):
+        self.kernels = (smoothness, appearance)  # Filters' column order: fewer dimensions first
+        unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in self.kernels])
+        self.forward_filter = _as(unit, dtype)
+        self.vertices = torch.tensor(
+            [k.lattice.weights.shape[0] for k in self.kernels], device=unit.slice_index.device
+        )
+        self.transposed_parts = None  # built by the first backward: evaluation needs none
+
+    def _build_transposed(self) -> None:
+        f = self.forward_filter
+        swapped = Filters.build([Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels])
+        spread = replace(  # shares the index arrays, which are the same
+            f,
+            splat_weight=swapped.splat_weight.to(f.splat_weight.dtype),
+            blur_steps=f.blur_steps[::-1],
+        )
+        ends = self.vertices.cumsum(0).tolist()
+        slices = [
+            (
+                swapped.slice_index[:, start:end].contiguous(),
+                swapped.slice_weight[:, start:end].to(spread.splat_weight.dtype).contiguous(),
+            )
+            for start, end in zip([0, *ends[:-1]], ends, strict=True)
+        ]
+        self.transposed_parts = spread, slices
+
+    def __call__(self, q: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum_k weights[k] A_k q for q (P, C), differentiable in q and `weights` (2,)."""
+        return _Messages.apply(q, weights, self)
+
+    def transposed(self, grad: torch.Tensor) -> list[torch.Tensor]:
+        """[A_k^T grad for each kernel k]."""
+        if self.transposed_parts is None:
+            self._build_transposed()
+        spread, slices = self.transposed_parts
+        lattice = spread.spread(grad)
+        return [
+            F.embedding_bag(index, lattice, mode="sum", per_sample_weights=weight)
+            for index, weight in slices
+        ]
+
+
+class _Messages(torch.autograd.Function):
+    """y = sum_k w_k A_k q on the shared lattice; the backward runs A_k^T on the same lattice
+    (see the module docstring) instead of autograd through every gather, and keeps only q."""
+
+    @staticmethod
+    def forward(ctx, q, weights, kernels: KernelPair):
+        ctx.kernels = kernels
+        ctx.save_for_backward(q, weights)
+        per_column = weights.repeat_interleave(kernels.vertices)
+        f = kernels.forward_filter
+        return F.embedding_bag(
+            f.slice_index, f.spread(q), mode="sum", per_sample_weights=f.slice_weight * per_column
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, weights = ctx.saved_tensors
+        per_kernel = ctx.kernels.transposed(grad.contiguous())
+        grad_q = per_kernel[0] * weights[0]
+        for w, part in zip(weights[1:], per_kernel[1:], strict=True):
+            grad_q += part * w
+        grad_weights = torch.stack(
+            [torch.vdot(part.reshape(-1), q.reshape(-1)) for part in per_kernel]
+        )
+        return grad_q, grad_weights, None
+
+
+def _as(filters: Filters, dtype: torch.dtype) -> Filters:
+    """`filters` with its weights in `dtype` (embedding_bag wants them in the values' dtype)."""
+    return replace(
+        filters,
+        splat_weight=filters.splat_weight.to(dtype),
+        slice_weight=filters.slice_weight.to(dtype),
+        blur_weight=filters.blur_weight.to(dtype),
+    )
+
+
+class CRFRNN(nn.Module):
+    """Dense CRF mean field as a layer: forward(logits (B, C, H, W), images (B, 3, H, W) RGB
+    0-255) -> scores (B, C, H, W), the last iteration's pre-softmax scores (their argmax is its
+    labels).
+
+    Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights) and
+    `compatibility` (C x C, Potts at the start). Fixed: the kernel widths, `iterations` and the
+    normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's; "symmetric": 1 / sqrt(K 1)
+    before and after, pydensecrf's default). Computes in float32 (float64 when the scores are
+    float64) with autocast off, so it is safe inside bf16 / fp16 autocast; the images are not
+    differentiated."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        iterations: int = 5,
+        pos_w: float = 3.0,
+        pos_xy_std: float = 3.0,
+        bi_w: float = 4.0,
+        bi_xy_std: float = 49.0,
+        bi_rgb_std: float = 5.0,
+        normalization: str = "per_pixel",
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"CRFRNN num_classes={num_classes} must be >= 2")
+        if iterations < 0:
+            raise ValueError(f"CRFRNN iterations={iterations} must be >= 0")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"CRFRNN normalization={normalization!r}: choose one of {tuple(NORMALIZATIONS)}"
+            )
+        for name, std in (
+            ("pos_xy_std", pos_xy_std),
+            ("bi_xy_std", bi_xy_std),
+            ("bi_rgb_std", bi_rgb_std),
+        ):
+            if not std > 0:
+                raise ValueError(f"CRFRNN {name}={std} must be > 0")
+        self.num_classes, self.iterations = int(num_classes), int(iterations)
+        self.pos_xy_std, self.bi_xy_std, self.bi_rgb_std = (
+            float(pos_xy_std),
+            float(bi_xy_std),
+            float(bi_rgb_std),
+        )
+        self.normalization = normalization
+        self.pos_w = nn.Parameter(torch.tensor(float(pos_w)))
+        self.bi_w = nn.Parameter(torch.tensor(float(bi_w)))
+        self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
+
+    @classmethod
+    def like(cls, crf, num_classes: int, iterations: int | None = None) -> "CRFRNN":
+        """The layer with a post-hoc `DenseCRF`'s kernels and normalisation (its iterations
+        unless given): untrained, the same CRF on raw scores."""
+        params = dict(crf.params)
+        if iterations is not None:
+            params["iterations"] = iterations
+        return cls(num_classes, **params)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, iterations={self.iterations}, "
+            f"pos_xy_std={self.pos_xy_std}, bi_xy_std={self.bi_xy_std}, "
+            f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}"
+        )
+
+    def forward(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        self._check(logits, images)
+        with torch.autocast(logits.device.type, enabled=False):
+            dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+            if not self.iterations:
+                return logits.to(dtype)
+            b, c, h, w = logits.shape
+            neg_unary = logits.to(dtype).permute(0, 2, 3, 1).reshape(-1, c)  # labels last
+            kernels = self._kernels(images, dtype)
+            weights = torch.stack([self.pos_w, self.bi_w]).to(dtype)
+            compatibility_t = self.compatibility.to(dtype).T
+            q = torch.softmax(neg_unary, 1)
+            for _ in range(self.iterations):
+                messages = kernels(q, weights)
+                scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
+                q = torch.softmax(scores, 1)
+            return scores.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+    def _kernels(self, images: torch.Tensor, dtype) -> KernelPair:
+        """The two kernels' lattices for this batch (one lattice set per image)."""
+        b, _, h, w = images.shape
+        with torch.no_grad():
+            pixels = images.detach().permute(0, 2, 3, 1)
+            features = [bilateral_features(x, self.bi_xy_std, self.bi_rgb_std) for x in pixels]
+            appearance = make_kernel(features, 1.0, self.normalization)
+            smoothness = smoothness_kernel(
+                ((h, w),) * b, self.pos_xy_std, 1.0, self.normalization, images.device
+            )
+            return KernelPair(smoothness, appearance, dtype)
+
+    def _check(self, logits: torch.Tensor, images: torch.Tensor) -> None:
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"CRFRNN: logits must be (B, {self.num_classes}, H, W), got {tuple(logits.shape)}"
+            )
+        b, _, h, w = logits.shape
+        if tuple(images.shape) != (b, 3, h, w):
+            raise ValueError(
+                f"CRFRNN: images must be (B, 3, H, W) = {(b, 3, h, w)} RGB 0-255 like the "
+                f"logits {tuple(logits.shape)}, got {tuple(images.shape)}; upsample the scores "
+                "to the image size first"
+            )
+        if images.device != logits.device:
+            raise ValueError(f"CRFRNN: images on {images.device}, logits on {logits.device}")
