@@ -32,13 +32,17 @@ def random_case(batch=2, classes=3, size=(6, 7), seed=0, dtype=torch.float32):
     return logits, images
 
 
+@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
-def test_gradcheck_float64_scores_and_every_parameter(normalization):
+def test_gradcheck_float64_scores_and_every_parameter(normalization, seed):
     logits, images = random_case(dtype=torch.float64)
     layer = CRFRNN(3, iterations=2, bi_xy_std=4, bi_rgb_std=40, normalization=normalization)
     layer = layer.double()
     with torch.no_grad():  # away from Potts, so the compatibility's rows differ
-        layer.compatibility.add_(0.3 * torch.randn(3, 3, dtype=torch.float64))
+        shift = torch.randn(
+            3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+        )
+        layer.compatibility.add_(0.3 * shift)
     params = {name: p.detach().clone().requires_grad_() for name, p in layer.named_parameters()}
     assert set(params) == set(LEARNABLE)
 
@@ -46,7 +50,8 @@ def test_gradcheck_float64_scores_and_every_parameter(normalization):
         return functional_call(layer, dict(zip(params, values, strict=True)), (scores, images))
 
     inputs = (logits.requires_grad_(), *params.values())
-    assert torch.autograd.gradcheck(run, inputs, atol=1e-8, rtol=1e-6)
+    # the lattice geometry is float32 (as the post-hoc CRF), so agreement stops near 1e-7
+    assert torch.autograd.gradcheck(run, inputs, atol=1e-6, rtol=1e-5)
 
 
 def test_batch_equals_per_image():
