@@ -27,6 +27,7 @@ from deeplab.module import SegmentationModule
 from deeplab.progress import track
 from deeplab.results import as_metrics, print_table, write_metrics
 from deeplab.validate import check_config
+from deeplab.wandb_runs import log_final_metrics
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -81,7 +82,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     datamodule = hydra.utils.instantiate(cfg.data)
     net = speed.apply(hydra.utils.instantiate(cfg.model), cfg.get("speed"))
     module = build_module(cfg, datamodule, net)
-    loggers = build_loggers(cfg.get("logger"), run_dir)
+    loggers = build_loggers(cfg.get("logger"), run_dir, "train")
     throughput = Throughput()
     stop = SaveOnSigterm(last)
     callbacks = (
@@ -155,6 +156,7 @@ def finish(trainer: pl.Trainer, module: SegmentationModule, datamodule, metrics,
     log_images(trainer.loggers, f"{key}/confusion", [confusion], [key], trainer.global_step)
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.WandbLogger):
+            log_final_metrics(logger.experiment, metrics)
             logger.experiment.finish()
     print_table(metrics)
 
@@ -181,12 +183,15 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     net = trained_network(cfg, datamodule)
     net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
+    loggers = build_loggers(cfg.get("logger"), run_dir, "evaluate", str(cfg.ckpt_path))
     trainer = hydra.utils.instantiate(
         cfg.trainer,
-        logger=False,
+        logger=loggers or False,
         callbacks=[*(callbacks or []), progress_bar()],
         default_root_dir=str(run_dir),
     )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     with exit_143_on_sigterm("the evaluation"):
         metrics = validate(trainer, module, datamodule)
     metrics["checkpoint"] = str(cfg.ckpt_path)
