@@ -58,8 +58,8 @@ def folder_id(folder: str | Path) -> str:
 
 
 def hydra_record(run_dir: str | Path) -> DictConfig | None:
-    """Hydra's record of the job whose output folder is `run_dir`: the live `HydraConfig` when that
-    job is the one running, else its saved `.hydra/hydra.yaml`; None for a folder Hydra never ran."""
+    """Hydra's record of the job whose output folder is `run_dir`: the live `HydraConfig` when
+    that job is the one running, else its saved `.hydra/hydra.yaml`; None if Hydra never ran it."""
     run_dir = Path(run_dir).resolve()
     if HydraConfig.initialized():
         live = HydraConfig.get()
