@@ -63,7 +63,8 @@ def hydra_record(run_dir: str | Path) -> DictConfig | None:
     run_dir = Path(run_dir).resolve()
     if HydraConfig.initialized():
         live = HydraConfig.get()
-        if Path(live.runtime.output_dir).resolve() == run_dir:
+        output_dir = OmegaConf.select(live, "runtime.output_dir", default=None)
+        if output_dir and Path(output_dir).resolve() == run_dir:
             return live
     saved = run_dir / ".hydra" / "hydra.yaml"
     return OmegaConf.load(saved).hydra if saved.is_file() else None
