@@ -13,13 +13,14 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from conftest import REPO
 from test_crf_search import probs_dir  # noqa: F401  (fixture: three small saved probability maps)
 from test_tables import TABLES_PY, TINY
 from wandb_records import OfflineRun, offline_runs
 
 from deeplab.crf.search import main as crf_search
-from deeplab.wandb_runs import offline
+from deeplab.wandb_runs import RunIdentity, checkpoint_identity, identity, offline
 
 ROWS = {"fov_4x4_r8", "largefov"}  # two rows of Table 1 keep the sweep short
 
@@ -152,6 +153,7 @@ def test_wandb_sync_of_the_job_folders_takes_the_whole_sweep(sweep, tmp_path):
     assert done.returncode == 0 and "Would sync 3 run(s)" in printed, printed  # 2 jobs + table
 
 
+@pytest.mark.slow
 def test_the_crf_search_logs_its_scored_settings(probs_dir, monkeypatch):  # noqa: F811
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)
@@ -175,3 +177,36 @@ def test_the_crf_search_logs_its_scored_settings(probs_dir, monkeypatch):  # noq
     ]
     assert r.summary["best/mIoU"] == report["best"]["mIoU"]
     assert r.summary["no_crf/mIoU"] == report["unary"]["mIoU"]
+
+
+def hydra_job(folder, mode: str, overrides: list[str], choices: dict) -> None:
+    """A job folder's .hydra/hydra.yaml with the fields Hydra records (as written by Hydra 1.3)."""
+    record = {
+        "mode": mode,
+        "job": {"name": "train"},
+        "overrides": {"task": overrides},
+        "runtime": {"output_dir": str(folder), "choices": choices},
+    }
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": record}))
+
+
+def test_command_line_sweeps_name_the_runs_and_single_runs_have_their_own_group(tmp_path):
+    sweep = tmp_path / "multirun" / "2026-12-03" / "06-00-00-000001"
+    sweep.mkdir(parents=True)
+    command_line = {"hydra": {"overrides": {"task": ["seed=0,1", "data=synthetic"]}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(command_line))
+    hydra_job(sweep / "1", "MULTIRUN", ["seed=1", "data=synthetic"], {"data": "synthetic"})
+    assert identity(sweep / "1", "train") == RunIdentity(
+        "train/2026-12-03/06-00-00-000001", "seed=1", "train", ["synthetic"]
+    )
+    single = tmp_path / "outputs" / "2026-12-03" / "06-01-00-000002"
+    hydra_job(single, "RUN", ["experiment=demo"], {"experiment": "demo", "backbone": "vgg16_bn"})
+    assert identity(single, "train") == RunIdentity(
+        "demo/2026-12-03/06-01-00-000002", "experiment=demo", "train", ["demo", "vgg16_bn"]
+    )
+    evaluation = checkpoint_identity(single / "checkpoints" / "last.ckpt", tmp_path, "evaluate")
+    assert evaluation.group == "demo/2026-12-03/06-01-00-000002"  # the checkpoint's run's group
+    assert evaluation.job_type == "evaluate"
+    elsewhere = checkpoint_identity(tmp_path / "weights.pth", tmp_path / "eval", "evaluate")
+    assert elsewhere.group == "evaluate/eval"  # not from a Hydra run folder: its own group

@@ -70,10 +70,6 @@ def hydra_record(run_dir: str | Path) -> DictConfig | None:
     return OmegaConf.load(saved).hydra if saved.is_file() else None
 
 
-def _key(override: str) -> str:
-    return OverridesParser.create().parse_override(override).key_or_group
-
-
 def swept_keys(hydra: DictConfig, sweep_dir: Path) -> set[str]:
     """What a multirun varies: the sweeper's `params` (e.g. `model` in conf/experiment/table1.yaml)
     and the command line's sweeps (`model=a,b`), read from the sweep's multirun.yaml."""
@@ -106,7 +102,8 @@ def identity(run_dir: str | Path, job_type: str) -> RunIdentity:
     folder = output_dir.parent if multirun else output_dir
     overrides = [str(o) for o in OmegaConf.select(hydra, "overrides.task", default=[])]
     swept = swept_keys(hydra, folder) if multirun else set()
-    varied = [o for o in overrides if _key(o) in swept]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    varied = [o for o, p in zip(overrides, parsed, strict=True) if p.key_or_group in swept]
     tags = list(dict.fromkeys(choices[g] for g in TAG_GROUPS if g in choices))
     return RunIdentity(
         group=f"{choices.get('experiment', app)}/{folder_id(folder)}",
