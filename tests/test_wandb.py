@@ -1,6 +1,7 @@
 """The real wandb, offline: a run directory holding the metrics and the mask overlay images."""
 
 import pytest
+import wandb
 from wandb_records import OfflineRun
 
 from deeplab.config import compose
@@ -26,6 +27,7 @@ def test_offline_run_dir_holds_metrics_and_mask_images(tmp_path, monkeypatch):
         ],
     )
     metrics = train(cfg, tmp_path / "run")
+    wandb.teardown()  # finish() can return before W&B's core has written the file: wait for it
 
     runs = list((tmp_path / "run").rglob("offline-run-*"))
     assert len(runs) == 1, runs

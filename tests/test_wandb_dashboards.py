@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import wandb
 import yaml
 from conftest import REPO
 from test_crf_search import probs_dir  # noqa: F401  (fixture: three small saved probability maps)
@@ -166,6 +167,7 @@ def test_the_crf_search_logs_its_scored_settings(probs_dir, monkeypatch):  # noq
          "--bi-rgb-std", "10", "--no-fine", "--out", str(out), "--wandb",
          "--wandb-group", GROUP]
     )  # fmt: skip
+    wandb.teardown()  # finish() can return before W&B's core has written the file: wait for it
     (r,) = offline_runs(probs_dir / "search_wandb")
     assert (r.run.run_group, r.run.job_type) == (GROUP, "crf_search")
     table = r.table("CRF settings")
