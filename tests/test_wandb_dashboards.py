@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import wandb
@@ -38,11 +39,9 @@ def run(args: list, env: dict) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def logged_sweep(root) -> Path:
     """The sweep folder (named as Hydra names one), after the multirun, the table run and the
-    evaluation of job 0's checkpoint (its folder: `<sweep>/../eval`)."""
-    root = tmp_path_factory.mktemp("dashboards")
+    evaluation of job 0's checkpoint (its folder: `<sweep>/../../../eval`)."""
     env = no_wandb_account(root / "home")
     sweep = root / "multirun" / "2026-12-03" / "05-20-00-000000"
     tiny = [o for o in TINY if not o.startswith("logger=")]
@@ -78,8 +77,7 @@ def train_runs(sweep) -> dict[str, OfflineRun]:
 GROUP = "table1/2026-12-03/05-20-00-000000"  # experiment / the sweep folder after multirun/
 
 
-@pytest.mark.slow
-def test_a_sweep_is_one_group_of_runs_named_by_their_rows(sweep):
+def check_one_group_of_runs_named_by_their_rows(sweep):
     runs = train_runs(sweep)
     assert sorted(runs) == ["0", "1"]
     for job, r in runs.items():
@@ -94,8 +92,7 @@ def test_a_sweep_is_one_group_of_runs_named_by_their_rows(sweep):
         assert r.config["model"]["width_mult"] == 0.0625  # the resolved config is there too
 
 
-@pytest.mark.slow
-def test_the_summary_holds_metrics_json(sweep):
+def check_summaries_hold_metrics_json(sweep):
     for job, r in train_runs(sweep).items():
         metrics = json.loads((sweep / job / "metrics.json").read_text())
         numbers = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
@@ -110,8 +107,7 @@ def test_the_summary_holds_metrics_json(sweep):
         ]
 
 
-@pytest.mark.slow
-def test_the_table_run_holds_the_built_table(sweep):
+def check_the_table_run_holds_the_built_table(sweep):
     (r,) = offline_runs(sweep / "table1_wandb")
     assert (r.run.run_group, r.run.display_name, r.run.job_type) == (GROUP, "table1", "table")
     assert set(r.run.tags) == {"table1", "vgg16", "synthetic", *ROWS}
@@ -130,8 +126,7 @@ def test_the_table_run_holds_the_built_table(sweep):
     assert (r.path / "files" / "table1.md").read_text() == r.run.notes
 
 
-@pytest.mark.slow
-def test_an_evaluation_joins_its_checkpoints_group(sweep):
+def check_the_evaluation_joins_its_checkpoints_group(sweep):
     (r,) = offline_runs(sweep.parents[2] / "eval")
     assert (r.run.run_group, r.run.job_type) == (GROUP, "evaluate")
     assert (r.run.display_name, list(r.run.tags)) == ("my evaluation", ["mine"])  # the user's
@@ -140,18 +135,28 @@ def test_an_evaluation_joins_its_checkpoints_group(sweep):
     assert r.summary["checkpoint"] == metrics["checkpoint"]
 
 
-@pytest.mark.slow
-def test_wandb_sync_of_the_job_folders_takes_the_whole_sweep(sweep, tmp_path):
+def check_wandb_sync_of_the_job_folders_takes_the_whole_sweep(sweep, home):
     folders = sorted(glob.glob(f"{sweep}/*/wandb"))  # what the shell makes of <sweep>/*/wandb
     done = subprocess.run(
         [sys.executable, "-m", "wandb", "sync", "--dry-run", *folders],
-        env=no_wandb_account(tmp_path),
+        env=no_wandb_account(home),
         capture_output=True,
         text=True,
         timeout=120,
     )
     printed = done.stdout + done.stderr
     assert done.returncode == 0 and "Would sync 3 run(s)" in printed, printed  # 2 jobs + table
+
+
+@pytest.mark.slow
+def test_a_smoke_table_sweep_in_wandb(tmp_path):
+    """One test, so that the sweep runs once however the suite is split across workers."""
+    sweep = logged_sweep(tmp_path)
+    check_one_group_of_runs_named_by_their_rows(sweep)
+    check_summaries_hold_metrics_json(sweep)
+    check_the_table_run_holds_the_built_table(sweep)
+    check_the_evaluation_joins_its_checkpoints_group(sweep)
+    check_wandb_sync_of_the_job_folders_takes_the_whole_sweep(sweep, tmp_path / "home")
 
 
 @pytest.mark.slow

@@ -201,11 +201,9 @@ def log_to_wandb(report: dict, out: Path, group: str | None, project: str) -> Pa
     columns = ["stage", *AXES, "mIoU", "pixel_acc", "seconds"]
     rows = [[r[c] for c in columns] for r in report["results"]]
     run.log({"CRF settings": wandb.Table(columns=columns, data=rows)})
-    best = report["best"]
-    run.summary.update(
-        {**{f"no_crf/{k}": v for k, v in report["unary"].items()},
-         **{f"best/{k}": best[k] for k in (*AXES, "mIoU", "pixel_acc")}}
-    )  # fmt: skip
+    summary = {f"no_crf/{k}": v for k, v in report["unary"].items()}
+    summary |= {f"best/{k}": report["best"][k] for k in (*AXES, "mIoU", "pixel_acc")}
+    run.summary.update(summary)
     run_dir = Path(run.dir).parent
     run.finish()
     return run_dir
