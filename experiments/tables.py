@@ -4,13 +4,14 @@
 
 Detects the table from the `table:` key that conf/experiment/tableN.yaml puts into every job,
 prints it as markdown and writes tableN.md, tableN.csv and tableN.png next to the jobs (or --out).
+With --wandb it also logs the table as a W&B run of the sweep's group (docs/wandb.md).
 """
 
 import argparse
 from pathlib import Path
 
 from deeplab.runtime.cli import reports_user_errors
-from deeplab.tables import TABLES, make_table
+from deeplab.tables import TABLES, build_table, write_table
 
 
 @reports_user_errors
@@ -23,8 +24,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--table", choices=sorted(TABLES), help="table to build (default: detected)"
     )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the table as a W&B run of the sweep's group (offline unless logged in)",
+    )
     args = parser.parse_args(argv)
-    print(make_table(args.sweep_dir, args.out, args.table))
+    spec, jobs, results = build_table(args.sweep_dir, args.table)
+    out_dir = args.out or args.sweep_dir
+    text = write_table(spec, results, out_dir)
+    print(text)
+    if args.wandb:
+        from deeplab.tables.dashboard import log_table
+
+        run_dir = log_table(spec, jobs, results, text, out_dir)
+        folders = " ".join(f"{d}/*/wandb" for d in dict.fromkeys([args.sweep_dir, out_dir]))
+        print(f"W&B run {run_dir}; upload it with the sweep: wandb sync {folders}")
 
 
 if __name__ == "__main__":

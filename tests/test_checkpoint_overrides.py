@@ -10,10 +10,16 @@ import sys
 import pytest
 import torch
 from conftest import REPO
+from omegaconf import OmegaConf
 
+from deeplab.runtime.config import compose
 from deeplab.weights.caffe.converter import convert, save
 from deeplab.weights.caffe.released_layouts import vgg16_layers, write_caffemodel
-from deeplab.weights.checkpoint_overrides import still_applying, with_checkpoint_overrides
+from deeplab.weights.checkpoint_overrides import (
+    run_overrides,
+    still_applying,
+    with_checkpoint_overrides,
+)
 
 SAVED = [
     "data=synthetic",
@@ -92,3 +98,20 @@ def test_evaluate_and_predict_need_only_the_checkpoint_from_another_directory(tm
     wrong = [*evaluate[:3], "model.rates=[6]", f"hydra.run.dir={tmp_path / 'wrong'}"]
     done = subprocess.run(wrong, cwd=elsewhere, env=clean, capture_output=True, text=True)
     assert done.returncode == 2 and "model.rates" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "groups"),
+    [
+        (["data=synthetic"], ["data=synthetic", "backbone=vgg16", "model=largefov"]),
+        (
+            ["data=context", "model=aspp_l", "backbone=resnet101"],
+            ["data=context", "backbone=resnet101", "model=aspp_l"],
+        ),
+    ],
+)
+def test_the_group_options_are_found_from_the_config_alone(given, groups):
+    """Runs started from code (no Hydra record) still record their group options."""
+    cfg = compose("train", given)
+    model, data = (OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data"))
+    assert run_overrides(model, data)[:3] == groups

@@ -7,7 +7,8 @@ val images, then refine around the best point with half steps. The network never
 probabilities come from `evaluate.py save_probs=<dir>` (format in `deeplab.crf.probs_io`).
 Prints the best setting and a markdown table of the grid, and writes JSON. Each scored setting is
 also appended to a .jsonl beside the JSON as it is scored; run again on the same folder, the search
-skips what that file holds (`--restart` to start over).
+skips what that file holds (`--restart` to start over). `--wandb` also logs the scored settings
+as a table in a W&B run (job type `crf_search`, offline unless logged in; docs/wandb.md).
 """
 
 import argparse
@@ -28,6 +29,7 @@ from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress, track
+from deeplab.runtime.wandb_runs import PROJECT, RunIdentity, folder_id, start_run
 
 COARSE = {
     "bi_w": [3.0, 4.0, 5.0, 6.0],
@@ -186,6 +188,31 @@ def markdown(results: list[dict], unary_miou: float) -> str:
     return "\n".join(lines)
 
 
+def log_to_wandb(report: dict, out: Path, group: str | None, project: str) -> Path:
+    """The search as a W&B run under `<out stem>_wandb/` beside the JSON: every scored setting as
+    a sortable table, the no-CRF and best scores and the best setting in the summary. Its group
+    defaults to one of its own; pass a sweep's (`table1/<date>/<time>`) to show it there."""
+    import wandb
+
+    probs_dir = Path(report["probs_dir"])
+    who = RunIdentity(
+        group=group or f"crf_search/{folder_id(probs_dir)}",
+        name=f"{probs_dir.name}, {report['num_images']} images",
+        job_type="crf_search",
+        tags=["crf_search", report["fixed"]["backend"]],
+    )
+    run = start_run(out.parent / f"{out.stem}_wandb", who, project, config=report["fixed"])
+    columns = ["stage", *AXES, "mIoU", "pixel_acc", "seconds"]
+    rows = [[r[c] for c in columns] for r in report["results"]]
+    run.log({"CRF settings": wandb.Table(columns=columns, data=rows)})
+    summary = {f"no_crf/{k}": v for k, v in report["unary"].items()}
+    summary |= {f"best/{k}": report["best"][k] for k in (*AXES, "mIoU", "pixel_acc")}
+    run.summary.update(summary)
+    run_dir = Path(run.dir).parent
+    run.finish()
+    return run_dir
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -216,6 +243,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--restart", action="store_true", help="discard the scores the .jsonl beside --out holds"
     )
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the scored settings to a W&B run (offline unless logged in)",
+    )
+    p.add_argument("--wandb-group", help="W&B group (default: crf_search/<probs dir>)")
+    p.add_argument("--wandb-project", default=PROJECT, help=f"W&B project (default: {PROJECT})")
     return p.parse_args(argv)
 
 
@@ -266,6 +300,9 @@ def main(argv=None) -> dict:
     with written_atomically(out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(f"Wrote {out}")
+    if args.wandb:
+        run_dir = log_to_wandb(report, out, args.wandb_group, args.wandb_project)
+        print(f"W&B run {run_dir} (upload: wandb sync {run_dir})")
     return report
 
 

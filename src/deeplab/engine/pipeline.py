@@ -27,6 +27,7 @@ from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.progress import track
 from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_sigterm, resume_from
+from deeplab.runtime.wandb_runs import log_final_metrics
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import check_readable, load_network
 from deeplab.weights.checkpoint_overrides import run_overrides
@@ -103,7 +104,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     datamodule = instantiate(cfg.data)
     net = speed.apply(instantiate(cfg.model), cfg.get("speed"))
     module = build_module(cfg, datamodule, net)
-    loggers = build_loggers(cfg.get("logger"), run_dir)
+    loggers = build_loggers(cfg.get("logger"), run_dir, "train")
     throughput = Throughput()
     stop = SaveOnSigterm(last)
     callbacks = (
@@ -177,6 +178,7 @@ def finish(trainer: pl.Trainer, module: SegmentationModule, datamodule, metrics,
     log_images(trainer.loggers, f"{key}/confusion", [confusion], [key], trainer.global_step)
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.WandbLogger):
+            log_final_metrics(logger.experiment, metrics)
             logger.experiment.finish()
     print_table(metrics)
 
@@ -203,12 +205,15 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     net = trained_network(cfg, datamodule)
     net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
+    loggers = build_loggers(cfg.get("logger"), run_dir, "evaluate", str(cfg.ckpt_path))
     trainer = instantiate(
         cfg.trainer,
-        logger=False,
+        logger=loggers or False,
         callbacks=[*(callbacks or []), progress_bar()],
         default_root_dir=str(run_dir),
     )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     with exit_143_on_sigterm("the evaluation"):
         metrics = validate_whole_split(trainer, module, datamodule)
     metrics["checkpoint"] = str(cfg.ckpt_path)

@@ -32,6 +32,11 @@ def _cells(spec: TableSpec, result: RowResult) -> list[str]:
     return [*cells, result.ran, jobs, _status(result)]
 
 
+def cells(spec: TableSpec, results: list[RowResult]) -> tuple[list[str], list[list[str]]]:
+    """The header and the rows' cells, as the markdown and CSV show them."""
+    return _header(spec), [_cells(spec, r) for r in results]
+
+
 def markdown(spec: TableSpec, results: list[RowResult]) -> str:
     header = _header(spec)
     lines = [f"**{spec.title}** (paper numbers: {spec.source})", ""]

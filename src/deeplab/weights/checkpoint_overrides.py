@@ -58,8 +58,9 @@ def group_options(group: str) -> dict[str, dict]:
         merged = OmegaConf.create()
         for entry in own.get("defaults", []):
             if isinstance(entry, str) and entry.endswith("@_here_"):
-                base = CONF_DIR / group / f"{entry.removesuffix('@_here_')}.yaml"
-                merged = OmegaConf.merge(merged, OmegaConf.load(base))
+                name = entry.removesuffix("@_here_")  # `/x/y`: from conf/, else from the group
+                where = CONF_DIR / name[1:] if name.startswith("/") else CONF_DIR / group / name
+                merged = OmegaConf.merge(merged, OmegaConf.load(f"{where}.yaml"))
         cfg = OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)
         cfg.pop("defaults", None)
         options[path.stem] = cfg
@@ -196,8 +197,8 @@ def still_applying(saved: list[str], given: list[str]) -> list[str]:
 
 
 def saved_overrides(path: str) -> list[str]:
-    """The overrides a checkpoint (`deeplab.overrides`) or a converted Caffe file (`overrides`)
-    carries; none for a file that does not read as either (the run then names its problem)."""
+    """The overrides a checkpoint (its record's `overrides`) or a converted Caffe file carries;
+    none for a file that does not read as either (the run then names its problem)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # missing, truncated, unsafe: reported where the checkpoint is loaded
