@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -15,3 +16,13 @@ def voc_sample_root() -> Path:
     if not (SHARED_VOC / "VOC2012").is_dir():
         pytest.skip("../shared/data/voc_sample is absent (only CI and developers have it)")
     return SHARED_VOC
+
+
+@pytest.fixture
+def one_thread():
+    """The CRF lattice's and the reference Caffe's many small tensor ops crawl when OpenMP threads
+    fight over busy cores: one thread for the tests that use it (`pytestmark`)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,14 +29,9 @@ NETS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are narrow: thousands of small ops, where a second thread only adds
-    synchronisation (measured: 3.6x the CPU time of one thread for the ResNet at 513)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These nets are narrow: thousands of small ops, where a second thread only adds
+# synchronisation (measured: 3.6x the CPU time of one thread for the ResNet at 513).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -20,13 +20,7 @@ from deeplab.runtime.errors import UserError
 NUM_VOC_IMAGES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CRF's many small tensor ops crawl when OpenMP threads fight over busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def degraded_softmax(mask: np.ndarray, num_classes: int = 21, seed: int = 0) -> np.ndarray:

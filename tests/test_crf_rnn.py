@@ -15,13 +15,7 @@ NORMALIZATIONS = ("per_pixel", "symmetric")
 LEARNABLE = ("pos_w", "bi_w", "compatibility")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The lattice's many small tensor ops crawl when OpenMP threads fight over busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_case(batch=2, classes=3, size=(6, 7), seed=0, dtype=torch.float32):

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 import torch
 from conftest import REPO
 
@@ -79,15 +78,6 @@ def _load_script(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def one_thread():
-    """As --tiny sets it: tiny ops on a loaded machine are 5-10x slower with more threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_a_failing_stage_is_recorded_and_stages_past_the_budget_are_skipped(

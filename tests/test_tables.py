@@ -3,8 +3,10 @@ real `-m experiment=table1` / `table2` multiruns on the synthetic set (slow)."""
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -147,7 +149,9 @@ def multirun(experiment: str, sweep_dir, *extra: str) -> None:
         *extra,
         f"hydra.sweep.dir={sweep_dir}",
     ]
-    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HYDRA_")}
+    env["DEEPLAB_DATA_DIR"] = str(Path(sweep_dir).parent / "data")  # nothing into the checkout
+    run = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
