@@ -218,7 +218,7 @@ def bench_data(args: argparse.Namespace) -> dict | None:
     if module is None or not (Path(args.voc_root) / "VOC2012").is_dir():
         print(f"data: skipped (needs experiments/bench_data.py and {args.voc_root}/VOC2012)")
         return None
-    from deeplab.data import VOCDataModule
+    from deeplab.data.datamodule import VOCDataModule
 
     torch.set_num_threads(1)
     dm = VOCDataModule(args.voc_root, batch_size=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from deeplab.data import VOCDataModule
+from deeplab.data.datamodule import VOCDataModule
 
 
 def per_worker(dataset, samples: int) -> float:

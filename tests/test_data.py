@@ -9,10 +9,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from deeplab.data import SyntheticDataModule, VOCDataModule
+from deeplab.data.datamodule import SyntheticDataModule, VOCDataModule
 from deeplab.data.dataset import read_ids, write_mask
+from deeplab.data.normalization import denormalize, normalize
 from deeplab.data.synthetic import build_synthetic
-from deeplab.data.transforms import CAFFE_MEAN_RGB, denormalize, normalize, train_transform
+from deeplab.data.transforms import CAFFE_MEAN_RGB, train_transform
 from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 

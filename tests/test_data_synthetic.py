@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab.data import SyntheticDataModule
 from deeplab.data.classes import SYNTHETIC_CLASSES
+from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.synthetic import build_synthetic
 
 SMALL = dict(num_train=6, num_val=3, image_size=48)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
-from deeplab.data import (
+from deeplab.data.datamodule import (
     CityscapesDataModule,
     ContextDataModule,
     PersonPartDataModule,

@@ -165,7 +165,7 @@ def check_inputs(image, probs, where: str = "input", kind: str = "probs") -> Non
     if str(image.dtype) not in ("uint8", "torch.uint8"):
         raise UserError(
             f"CRF {where}: image must be uint8 RGB (0-255), got {image.dtype}; "
-            "use deeplab.data.transforms.denormalize to undo the network's normalization"
+            "use deeplab.data.normalization.denormalize to undo the network's normalization"
         )
     if probs.ndim != 3 or probs.shape[0] < 2:
         raise UserError(

@@ -1,19 +1,3 @@
-"""Data sets behind design.md I4: LightningDataModules over one shared VOC-layout reader."""
-
-from deeplab.data.datamodule import (
-    CityscapesDataModule,
-    ContextDataModule,
-    PersonPartDataModule,
-    SegmentationDataModule,
-    SyntheticDataModule,
-    VOCDataModule,
-)
-
-__all__ = [
-    "CityscapesDataModule",
-    "ContextDataModule",
-    "PersonPartDataModule",
-    "SegmentationDataModule",
-    "SyntheticDataModule",
-    "VOCDataModule",
-]
+"""Data sets behind design.md I4: LightningDataModules (`datamodule`) over one shared VOC-layout
+reader (`dataset`), the augmentation (`transforms`) and the normalization pair (`normalization`).
+Nothing is imported here, so that inference code needs no augmentation library."""

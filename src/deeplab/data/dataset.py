@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from deeplab.data.classes import IGNORE_INDEX, voc_palette
 from deeplab.data.images import exif_turned, read_rgb
-from deeplab.data.transforms import normalize
+from deeplab.data.normalization import normalize
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
 

@@ -1,37 +1,20 @@
-"""DeepLab's training augmentation (paper.md §7) on albumentations, and the normalization pair.
+"""DeepLab's training augmentation (paper.md §7) on albumentations.
 
 Geometry runs through albumentations (image bilinear, mask nearest); the tensor conversion is
-`normalize`, whose exact inverse `denormalize` gives the CRF and the figures back the original RGB.
+`deeplab.data.normalization.normalize`.
 """
 
 from collections.abc import Sequence
 
 import albumentations as A
 import cv2
-import numpy as np
 import torch
 
 from deeplab.data.classes import IGNORE_INDEX
 from deeplab.runtime.errors import UserError
 from deeplab.weights.conventions import CAFFE_MEAN_RGB, UNIT_STD
 
-__all__ = ["CAFFE_MEAN_RGB", "UNIT_STD", "denormalize", "normalize", "pad_collate"]
-
-
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> float32 (3, H, W) as (pixel - mean) / std, all on the 0-255 scale."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (tensor - mean_t) / std_t
-
-
-def denormalize(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """float (3, H, W) -> uint8 RGB (H, W, 3); rounds, so it exactly inverts `normalize`."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    rgb = tensor.detach().cpu().float() * std_t + mean_t
-    return rgb.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+__all__ = ["CAFFE_MEAN_RGB", "UNIT_STD", "pad_collate", "train_transform"]
 
 
 def random_scale(mode: str, scale_range: Sequence[float], scales: Sequence[float]) -> list:

@@ -15,7 +15,7 @@ from torch import nn
 from deeplab.crf import save_probabilities
 from deeplab.crf.queue import RefineQueue
 from deeplab.data.metrics import confusion_matrix, flatten, scores
-from deeplab.data.transforms import denormalize
+from deeplab.data.normalization import denormalize
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_optimizer, build_scheduler
 from deeplab.engine.test_time import resize

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab.data.images import read_rgb
-from deeplab.data.transforms import normalize
+from deeplab.data.normalization import normalize
 from deeplab.engine import speed, visuals
 from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
 from deeplab.engine.lightning_module import SegmentationModule
