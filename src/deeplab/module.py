@@ -38,6 +38,7 @@ class SegmentationModule(pl.LightningModule):
             pydensecrf processes) while the network computes the next images.
         crf_workers, crf_chunk: CRF processes; images per torch-backend batch.
         mean, std: the normalization, to recover the RGB image for the CRF and the figures.
+        palette: (256, 3) class colours, recorded in checkpoints with the class names.
         keep_samples: how many val images (the first ones) to keep for overlays and figures.
         probs_dir: if set, every val image's upsampled softmax is saved there for offline CRF
             tuning (`deeplab.crf.save_probabilities` .npz: image, probs, mask).
@@ -62,6 +63,7 @@ class SegmentationModule(pl.LightningModule):
         keep_samples: int = 0,
         probs_dir=None,
         model_config: dict | None = None,
+        palette: np.ndarray | None = None,
     ):
         super().__init__()
         self.net = net
@@ -78,6 +80,7 @@ class SegmentationModule(pl.LightningModule):
         self.mean, self.std, self.ignore_index = mean, std, ignore_index
         self.keep_samples, self.probs_dir = keep_samples, probs_dir
         self.model_config = model_config  # saved in checkpoints, for override hints on load
+        self.palette = palette  # saved in checkpoints with the class names (for exports)
         self.confusion = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_crf = confusion_matrix(self.num_classes, ignore_index)
         self.results: dict = {}  # {"val": scores(...), "val_crf": ...} of the latest validation
@@ -192,7 +195,13 @@ class SegmentationModule(pl.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["deeplab"] = ckpt.describe(
-            self.net, self.num_classes, self.mean, self.std, self.model_config
+            self.net,
+            self.num_classes,
+            self.mean,
+            self.std,
+            self.model_config,
+            self.class_names,
+            self.palette,
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -59,6 +59,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         ignore_index=datamodule.ignore_index,
         keep_samples=cfg.get("val_samples", 0),
         model_config=model_config(cfg),
+        palette=datamodule.palette,
         **optim,
         **kwargs,
     )
