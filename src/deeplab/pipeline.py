@@ -80,6 +80,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     conventions.check_run(cfg)  # before anything is built: the weights' input convention
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
+    if getattr(datamodule, "split_dir", False) is None:  # data=folder: the run keeps its split
+        datamodule.split_dir = run_dir / "splits"
     net = speed.apply(hydra.utils.instantiate(cfg.model), cfg.get("speed"))
     module = build_module(cfg, datamodule, net)
     loggers = build_loggers(cfg.get("logger"), run_dir)

@@ -8,10 +8,12 @@ from deeplab.data.datamodule import (
     SyntheticDataModule,
     VOCDataModule,
 )
+from deeplab.data.folder import FolderDataModule  # also registers data.num_classes' resolver
 
 __all__ = [
     "CityscapesDataModule",
     "ContextDataModule",
+    "FolderDataModule",
     "PersonPartDataModule",
     "SegmentationDataModule",
     "SyntheticDataModule",
