@@ -189,8 +189,8 @@ def test_bad_folders_get_one_message_naming_the_file_and_the_fix(tmp_path):
     def rgb_without_colours(root):
         (root / "classes.txt").write_text("background\ncat\ndog\n")
 
-    bad(tmp_path / "g", rgb_without_colours, r"RGB image: .*give each class its colour",
-        colour_masks=True)  # fmt: skip
+    rgb_message = r"RGB image: .*give each class its colour"
+    bad(tmp_path / "g", rgb_without_colours, rgb_message, colour_masks=True)
 
     def unknown_id(root):
         (root / "train.txt").write_text("img0\nimg9\n")
@@ -260,8 +260,9 @@ def test_train_py_smoke_run_then_export(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled"}
     env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [sys.executable, str(REPO / "src" / "train.py"), "data=folder", f"data.root={root}",
-           "debug=smoke", "logger=csv", "data.val_fraction=0.25", f"hydra.run.dir={run}"]  # fmt: skip
+    args = ["data=folder", f"data.root={root}", "debug=smoke", "logger=csv"]
+    args += ["data.val_fraction=0.25", f"hydra.run.dir={run}"]
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *args]
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())

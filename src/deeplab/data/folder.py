@@ -25,7 +25,7 @@ from PIL import Image
 
 from deeplab.data import classes
 from deeplab.data.datamodule import SegmentationDataModule
-from deeplab.data.reader import SegmentationDataset, check_mask
+from deeplab.data.reader import SegmentationDataset
 from deeplab.errors import MissingFileError, UserError
 from deeplab.files import read_file
 
