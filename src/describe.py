@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import deeplab.data  # noqa: F401  data=folder: the resolver that reads the class count
 from deeplab.cli import reports_user_errors
 from deeplab.models import count_parameters
 from deeplab.receptive_field import paper_fov

@@ -276,3 +276,25 @@ def test_train_py_smoke_run_then_export(tmp_path):
 
     props = export(run / "checkpoints" / "last.ckpt", tmp_path / "pets.onnx")
     assert json.loads(props["class_names"]) == ["background", "cat", "dog"]
+
+
+def test_fine_tuning_converted_voc_weights_reinitialises_the_classifier(tmp_path, caplog):
+    """init=caffe with a 21-class VOC network on a 3-class folder: all but the classifier load,
+    and the run says which tensors start afresh."""
+    import hydra
+
+    from deeplab.convert.convert import convert, save
+    from deeplab.convert.synthetic import vgg16_layers, write_caffemodel
+
+    layers = vgg16_layers(0.0625, num_classes=21, head="largefov")
+    converted = convert(write_caffemodel(tmp_path / "voc.caffemodel", layers))
+    save(converted, tmp_path / "voc.pth")
+    root = make_folder(tmp_path / "pets")
+    init = ["init=caffe", f"init.path={tmp_path / 'voc.pth'}", "model.width_mult=0.0625"]
+    cfg = compose("train", ["data=folder", f"data.root={root}", *init])
+    with caplog.at_level("WARNING"):
+        net = hydra.utils.instantiate(cfg.model)
+    assert net.head.branches[0].fc8.out_channels == 3
+    assert "re-initialised, not loaded: head.branches.0.fc8.weight (21, " in caplog.text
+    fc7 = converted["state_dict"]["head.branches.0.fc7.weight"]
+    torch.testing.assert_close(net.head.branches[0].fc7.weight.data, fc7)

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 from PIL import Image
 
+from deeplab.atomic import written_atomically
 from deeplab.data import classes
 from deeplab.data.datamodule import SegmentationDataModule
 from deeplab.data.reader import SegmentationDataset
@@ -310,8 +311,9 @@ class FolderDataModule(SegmentationDataModule):
         if self.split_dir is None:
             return
         self.split_dir.mkdir(parents=True, exist_ok=True)
-        for split, ids in lists.items():
-            (self.split_dir / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for split, ids in lists.items():  # DDP ranks write the same lists: whole files only
+            with written_atomically(self.split_dir / f"{split}.txt") as tmp:
+                tmp.write_text("".join(f"{i}\n" for i in ids))
 
     def split_ids(self, stage: str) -> list[str]:
         if self.ids is None:
