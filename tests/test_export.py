@@ -165,3 +165,28 @@ def test_command_line_names_the_file_and_exits_2(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 2 and "unknown export format" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_converted_caffe_file_exports_as_its_recorded_network(tmp_path):
+    """A `python -m deeplab.convert` file: the network its record builds, its Caffe mean inside,
+    generic class names (the file names none)."""
+    from deeplab.convert.convert import convert, save
+    from deeplab.convert.synthetic import vgg16_layers, write_caffemodel
+
+    layers = vgg16_layers(0.0625, num_classes=5, head="aspp")
+    converted = convert(write_caffemodel(tmp_path / "aspp.caffemodel", layers))
+    save(converted, tmp_path / "aspp.pth")
+    props = export(tmp_path / "aspp.pth", tmp_path / "aspp.onnx")
+    assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(5)]
+    net = hydra.utils.instantiate(converted["model"]).eval()
+    net.load_state_dict(converted["state_dict"])
+    session = onnxruntime.InferenceSession(str(tmp_path / "aspp.onnx"))
+    image = random_image(1, 45, 60)
+    batch = np.ascontiguousarray(image.transpose(0, 3, 1, 2), dtype=np.float32)
+    scores = torch.from_numpy(session.run(None, {"image": batch})[0])
+    mean = torch.tensor(json.loads(props["normalization"])["mean"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(batch) - mean)  # Caffe convention: std 1
+        reference = torch.nn.functional.interpolate(logits, size=(45, 60), mode="bilinear")
+    # Caffe's unscaled inputs give logits near 100 here: float32 rounding is relative
+    assert (scores - reference).abs().max() <= 1e-5 * reference.abs().max()
