@@ -2,7 +2,8 @@
 
 Full-width networks with seeded random weights (speed does not depend on the values), exported
 by `deeplab.export` from a checkpoint as train.py writes it; one image per call, the median of
-`--runs` timed calls after two warm-up calls; all runtimes use every core the process may use.
+`--runs` timed calls after two warm-up rounds, the runtimes called in turn; all of them use every
+core the process may use.
 Prints a markdown table and writes JSON:
 
     python experiments/bench_export.py --size 321 --runs 5 --out outputs/bench_export.json
@@ -46,18 +47,20 @@ def checkpoint(overrides: list[str], path: Path) -> Path:
     return path
 
 
-def median_seconds(run, runs: int) -> float:
-    run()
-    run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_seconds(runs: dict, repeats: int) -> dict:
+    """Median seconds per call of each runner, called in turn (two warm-up rounds first), so
+    that a change in the machine's load during the run affects every runtime alike."""
+    times = {name: [] for name in runs}
+    for round_ in range(repeats + 2):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_ >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench(ckpt: Path, folder: Path, size: int, runs: int) -> dict:
+def bench(ckpt: Path, folder: Path, size: int, repeats: int) -> dict:
     onnx_file, script_file = folder / "net.onnx", folder / "net.pt"
     export(ckpt, onnx_file, script_file)
     image = np.random.default_rng(0).uniform(0, 255, (1, 3, size, size)).astype(np.float32)
@@ -65,13 +68,14 @@ def bench(ckpt: Path, folder: Path, size: int, runs: int) -> dict:
     eager, _ = exportable(ckpt)
     scripted = torch.jit.load(str(script_file))
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    runs = {
+        "torch_s": lambda: eager(tensor),
+        "torchscript_s": lambda: scripted(tensor),
+        "onnxruntime_s": lambda: session.run(None, {"image": image}),
+    }
     with torch.no_grad():
-        return {
-            "torch_s": median_seconds(lambda: eager(tensor), runs),
-            "torchscript_s": median_seconds(lambda: scripted(tensor), runs),
-            "onnxruntime_s": median_seconds(lambda: session.run(None, {"image": image}), runs),
-            "onnx_mb": onnx_file.stat().st_size / 2**20,
-        }
+        result = median_seconds(runs, repeats)
+    return {**result, "onnx_mb": onnx_file.stat().st_size / 2**20}
 
 
 def main() -> None:

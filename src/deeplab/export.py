@@ -113,11 +113,8 @@ def recorded_classes(meta: dict) -> dict:
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def metadata(meta: dict, source: Path) -> dict[str, str]:
@@ -142,7 +139,10 @@ def exportable(path: str | Path) -> tuple[Exported, dict[str, str]]:
     net = rebuild(state, meta, path)
     norm = meta.get("normalization")
     if norm is None:
-        raise UserError(f"checkpoint {path} does not record its input normalization: {meta}")
+        raise UserError(
+            f"checkpoint {path} does not record its input normalization (data.mean, data.std): "
+            "export a checkpoint written by train.py"
+        )
     return Exported(net, norm["mean"], norm["std"]).eval(), metadata(meta, path)
 
 
