@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+import deeplab.data  # noqa: F401  data=folder: the resolver that reads the class count
 from deeplab.models.table1_columns import format_table, table1_columns
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.config_checks import check_config

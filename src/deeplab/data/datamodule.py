@@ -97,6 +97,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         transform = None
         if stage == "train":
             transform = train_transform(self.crop_size, self.mean, **self.augment)
+        return self.reader(stage, ids, transform)
+
+    def reader(self, stage: str, ids: list[str], transform) -> SegmentationDataset:
+        """The dataset over `ids`; a data set without path templates overrides it."""
         _, image_template, mask_template = self.templates(stage)
         return SegmentationDataset(
             ids, image_template, mask_template, self.num_classes, self.mean, self.std, transform

@@ -91,6 +91,10 @@ class SegmentationDataset(Dataset):
     def mask_path(self, name: str) -> Path:
         return Path(self.mask_template.format(id=name))
 
+    def read_mask(self, path: Path) -> np.ndarray:
+        """Class indices with 255 for void; a data set with its own mask format overrides it."""
+        return read_mask(path)
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -98,7 +102,7 @@ class SegmentationDataset(Dataset):
         """The raw uint8 RGB image and checked mask of one sample, at original size."""
         name = self.ids[index]
         image = read_rgb(self.image_path(name))
-        mask = read_mask(self.mask_path(name))
+        mask = self.read_mask(self.mask_path(name))
         if image.shape[:2] != mask.shape:
             turned = image.shape[1::-1] == mask.shape and exif_turned(self.image_path(name))
             raise UserError(

@@ -38,6 +38,7 @@ class SegmentationModule(pl.LightningModule):
             pydensecrf processes) while the network computes the next images.
         crf_workers, crf_chunk: CRF processes; images per torch-backend batch.
         mean, std: the normalization, to recover the RGB image for the CRF and the figures.
+        palette: (256, 3) class colours, recorded in checkpoints with the class names.
         keep_samples: how many val images (the first ones) to keep for overlays and figures.
         probs_dir: if set, every val image's upsampled softmax is saved there for offline CRF
             tuning (`deeplab.crf.save_probabilities` .npz: image, probs, mask).
@@ -63,6 +64,7 @@ class SegmentationModule(pl.LightningModule):
         probs_dir=None,
         model_config: dict | None = None,
         run_overrides: list[str] | None = None,
+        palette: np.ndarray | None = None,
     ):
         super().__init__()
         self.net = net
@@ -80,6 +82,7 @@ class SegmentationModule(pl.LightningModule):
         self.keep_samples, self.probs_dir = keep_samples, probs_dir
         self.model_config = model_config  # saved in checkpoints, for override hints on load
         self.run_overrides = run_overrides  # saved in checkpoints: evaluate / predict apply them
+        self.palette = palette  # saved in checkpoints with the class names (for exports)
         self.confusion = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_crf = confusion_matrix(self.num_classes, ignore_index)
         self.results: dict = {}  # {"val": scores(...), "val_crf": ...} of the latest validation
@@ -194,7 +197,14 @@ class SegmentationModule(pl.LightningModule):
     # --- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["deeplab"] = ckpt.checkpoint_record(
-            self.net, self.num_classes, self.mean, self.std, self.model_config, self.run_overrides
+            self.net,
+            self.num_classes,
+            self.mean,
+            self.std,
+            self.model_config,
+            self.run_overrides,
+            self.class_names,
+            self.palette,
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -82,6 +82,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         keep_samples=cfg.get("val_samples", 0),
         model_config=model_config(cfg),
         run_overrides=rebuild_overrides(cfg),
+        palette=datamodule.palette,
         **optim,
         **kwargs,
     )
@@ -101,6 +102,8 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         check_readable(resume)
     conventions.check_run(cfg)  # before anything is built: the weights' input convention
     pl.seed_everything(cfg.seed, workers=True)
+    if "split_dir" in cfg.data and cfg.data.split_dir is None:  # data=folder: the run keeps
+        cfg.data.split_dir = str(Path(run_dir).resolve() / "splits")  # its split (checkpoints too)
     datamodule = instantiate(cfg.data)
     net = speed.apply(instantiate(cfg.model), cfg.get("speed"))
     module = build_module(cfg, datamodule, net)

@@ -216,6 +216,7 @@ REQUIRED = {
     "ckpt_path": "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt",
     "input": "input=<an image or a folder of images>",
     "probs_dir": "probs_dir=<the folder of python src/evaluate.py ... save_probs=<dir>>",
+    "data.root": "data.root=<your folder with images/, masks/, classes.txt>",
 }
 
 

@@ -22,11 +22,17 @@ def checkpoint_record(
     std: Sequence[float] | None = None,
     model: dict | None = None,
     overrides: list[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    palette: np.ndarray | None = None,
 ) -> dict:
     """What a checkpoint records about its run, to check against the one loading it: the network,
-    class count, input normalization, the resolved `model` config (for override hints) and the
-    overrides that rebuild its network and data set (evaluate / predict apply them)."""
+    class count, input normalization, the resolved `model` config (for override hints), the
+    overrides that rebuild its network and data set (evaluate / predict apply them), and the
+    class names and colours, so that an export (`deeplab.export`) needs nothing else."""
     meta: dict = {"network": type(net).__name__, "num_classes": num_classes}
+    if class_names is not None and palette is not None:
+        colours = np.asarray(palette)[: len(class_names)].tolist()
+        meta["classes"] = {"names": list(class_names), "colours": colours}
     if mean is not None and std is not None:
         meta["normalization"] = {"mean": [float(m) for m in mean], "std": [float(s) for s in std]}
     if model is not None:

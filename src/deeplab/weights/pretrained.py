@@ -10,6 +10,7 @@ are already ours: its backbone must fit whole; head layers are copied where thei
 Each format's input convention is in `conventions.py`.
 """
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,8 @@ Plan = list[tuple[str, str, Transform]]
 _same: Transform = lambda t: t
 
 TV_FC_SPATIAL = 7  # torchvision's classifier.0 is fc6 as a 7x7 conv over pool5 (512 x 7 x 7)
+
+log = logging.getLogger(__name__)
 
 
 def read_weights(path: str | Path) -> dict:
@@ -216,11 +219,22 @@ def load_converted(model: nn.Module, converted: dict, source: str) -> None:
                 f"{what} puts the ResNet stride on the first 1x1 conv: pass "
                 "model.backbone.stride_in_1x1=true"
             )
+    refitted = []
     with torch.no_grad():
         for key, value in target.items():
             src = _branch_source(key, state)
             if src in state and state[src].shape == value.shape:
                 value.copy_(state[src])
+            elif src in state:
+                refitted.append(f"{key} {tuple(state[src].shape)} -> {tuple(value.shape)}")
+    if refitted:  # fine-tuning to another class count (docs/own-data.md)
+        log.warning(
+            "%s: %d head tensors of another shape (another class count) are re-initialised, not "
+            "loaded: %s",
+            what,
+            len(refitted),
+            "; ".join(refitted[:4]),
+        )
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> None:

@@ -1,0 +1,300 @@
+"""data=folder: images/, masks/ and classes.txt in one folder, read as people's tools write them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deeplab.data.classes import VOC_CLASSES, voc_palette
+from deeplab.data.dataset import read_mask
+from deeplab.data.folder import FolderDataModule
+from deeplab.runtime.config import compose
+from deeplab.runtime.config_checks import check_config
+from deeplab.runtime.errors import MissingFileError, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+COLOURS = {"background": (0, 0, 0), "cat": (200, 40, 40), "dog": (40, 200, 40)}
+CLASSES_TXT = "background 0 0 0\ncat 200 40 40\ndog 40 200 40\nignore 255 255 255\n"
+
+
+def make_folder(root: Path, count: int = 6, colour_masks: bool = False, size=(24, 32)) -> Path:
+    """`count` random images with a cat square and a dog bar on background and a void border."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text(CLASSES_TXT)
+    h, w = size
+    for i in range(count):
+        mask = np.zeros(size, np.uint8)
+        mask[4:12, 4 + i : 12 + i] = 1
+        mask[16:20, :] = 2
+        mask[0, :] = 255
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"img{i}.{('jpg', 'png', 'bmp')[i % 3]}")
+        if colour_masks:
+            table = np.zeros((256, 3), np.uint8)
+            table[[0, 1, 2, 255]] = [*COLOURS.values(), (255, 255, 255)]
+            Image.fromarray(table[mask]).save(root / "masks" / f"img{i}.png")
+        else:
+            Image.fromarray(mask, mode="L").save(root / "masks" / f"img{i}.png")
+    return root
+
+
+def truth(i: int) -> np.ndarray:
+    mask = np.zeros((24, 32), np.uint8)
+    mask[4:12, 4 + i : 12 + i] = 1
+    mask[16:20, :] = 2
+    mask[0, :] = 255
+    return mask
+
+
+def module(root: Path, **kwargs) -> FolderDataModule:
+    return FolderDataModule(str(root), num_workers=0, persistent_workers=False, **kwargs)
+
+
+def val_masks(dm: FolderDataModule) -> dict[str, np.ndarray]:
+    dm.setup("validate")
+    return {dm.val_set.ids[i]: dm.val_set.load(i)[1] for i in range(len(dm.val_set))}
+
+
+def test_classes_and_count_come_from_classes_txt(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    cfg = compose("train", ["data=folder", f"data.root={root}", "model=aspp_l"])
+    check_config(cfg)
+    assert cfg.data.num_classes == 3 and cfg.model.num_classes == 3
+    dm = module(root)
+    assert dm.class_names == ["background", "cat", "dog"] and dm.num_classes == 3
+    assert dm.palette[1].tolist() == [200, 40, 40] and dm.palette[255].tolist() == [255] * 3
+
+
+@pytest.mark.parametrize("colour_masks", [False, True])
+def test_index_and_colour_masks_read_as_class_indices(tmp_path, colour_masks):
+    root = make_folder(tmp_path / "pets", colour_masks=colour_masks)
+    dm = module(root, split_dir=str(tmp_path / "splits"))
+    for name, mask in val_masks(dm).items():
+        assert np.array_equal(mask, truth(int(name[3:])))
+
+
+def test_ignore_index_of_the_files_becomes_void(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    for path in (root / "masks").iterdir():
+        mask = np.array(Image.open(path))
+        Image.fromarray(np.where(mask == 255, 9, mask).astype(np.uint8)).save(path)
+    dm = module(root, ignore_index=9)
+    for name, mask in val_masks(dm).items():
+        assert np.array_equal(mask, truth(int(name[3:])))
+    with pytest.raises(UserError, match=r"holds values 9, neither a class \(0..2"):
+        val_masks(module(root))  # default 255: 9 is no class
+    with pytest.raises(UserError, match="data.ignore_index=1 is the index of class 'cat'"):
+        module(root, ignore_index=1)
+
+
+def test_seeded_split_is_written_and_reused(tmp_path):
+    root = make_folder(tmp_path / "pets", count=10)
+    splits = tmp_path / "run" / "splits"
+    dm = module(root, val_fraction=0.3, seed=1, split_dir=str(splits))
+    dm.setup("fit")
+    train, val = dm.train_set.ids, dm.val_set.ids
+    assert len(val) == 3 and sorted(train + val) == [f"img{i}" for i in range(10)]
+    assert (splits / "val.txt").read_text().split() == val
+    (splits / "val.txt").write_text("img0\nimg1\n")  # an evaluation reads the run's lists
+    again = module(root, seed=7, split_dir=str(splits))
+    again.setup("validate")
+    assert again.val_set.ids == ["img0", "img1"]
+    other_seed = module(root, val_fraction=0.3, seed=2)
+    other_seed.setup("validate")
+    assert other_seed.val_set.ids != val
+
+
+def test_split_lists_with_bom_and_crlf(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "val.txt").write_bytes("\ufeffimg1\r\nimg4\r\n\r\n".encode())
+    (root / "classes.txt").write_bytes(("\ufeff" + CLASSES_TXT.replace("\n", "\r\n")).encode())
+    dm = module(root)
+    dm.setup("fit")
+    assert dm.val_set.ids == ["img1", "img4"]
+    assert dm.train_set.ids == ["img0", "img2", "img3", "img5"]  # the others
+    assert dm.class_names == ["background", "cat", "dog"]
+
+
+def test_images_in_any_mode_and_exif_orientation(tmp_path):
+    root = make_folder(tmp_path / "pets", count=4)
+    for path in (root / "images").iterdir():
+        path.unlink()
+    Image.new("L", (32, 24), 90).save(root / "images" / "img0.jpg")  # grey
+    Image.new("RGBA", (32, 24), (9, 9, 9, 0)).save(root / "images" / "img1.png")  # alpha
+    Image.new("P", (32, 24), 3).save(root / "images" / "img2.png")  # palette
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 24 x 32 sideways, shown 32 x 24 as the mask
+    Image.new("RGB", (24, 32), (1, 2, 3)).save(root / "images" / "img3.jpg", exif=exif.tobytes())
+    dm = module(root, val_fraction=0.5)
+    dm.setup("fit")
+    for dataset in (dm.train_set, dm.val_set):
+        for i in range(len(dataset)):
+            image, mask = dataset.load(i)
+            assert image.shape == (24, 32, 3) and image.dtype == np.uint8
+
+
+def bad(tmp_path, edit, match, error=UserError, **kwargs):
+    root = make_folder(tmp_path / "pets", colour_masks=kwargs.pop("colour_masks", False))
+    edit(root)
+    with pytest.raises(error, match=match):
+        val_masks(module(root, val_fraction=0.5, **kwargs))
+
+
+def test_bad_folders_get_one_message_naming_the_file_and_the_fix(tmp_path):
+    def value_7(root):
+        Image.fromarray(np.full((24, 32), 7, np.uint8)).save(root / "masks" / "img0.png")
+        (root / "val.txt").write_text("img0\n")
+
+    bad(tmp_path / "a", value_7, r"mask .*img0.png holds values 7, neither a class")
+
+    def stray_colour(root):
+        mask = np.zeros((24, 32, 3), np.uint8)
+        mask[5, 7] = (1, 2, 3)
+        Image.fromarray(mask).save(root / "masks" / "img0.png")
+        (root / "val.txt").write_text("img0\n")
+
+    bad(tmp_path / "b", stray_colour, r"img0.png has colour \(1, 2, 3\) at x=7, y=5 \(1 pixels")
+
+    def no_mask(root):
+        (root / "masks" / "img2.png").unlink()
+        (root / "masks" / "img4.png").unlink()
+
+    bad(tmp_path / "c", no_mask, r"images without a mask in .*masks: img2, img4; add")
+
+    def no_image(root):
+        (root / "images" / "img1.png").unlink()
+
+    bad(tmp_path / "d", no_image, r"masks without an image in .*images: img1;")
+
+    def smaller_mask(root):
+        Image.fromarray(np.zeros((20, 32), np.uint8)).save(root / "masks" / "img0.png")
+        (root / "val.txt").write_text("img0\n")
+
+    bad(tmp_path / "e", smaller_mask, r"img0.jpg is 32x24 but mask .*img0.png is 32x20")
+
+    def two_images(root):
+        shutil.copy(root / "images" / "img0.jpg", root / "images" / "img0.JPEG")
+
+    bad(tmp_path / "f", two_images, r"two images with one id: img0.JPEG / img0.jpg")
+
+    def rgb_without_colours(root):
+        (root / "classes.txt").write_text("background\ncat\ndog\n")
+
+    rgb_message = r"RGB image: .*give each class its colour"
+    bad(tmp_path / "g", rgb_without_colours, rgb_message, colour_masks=True)
+
+    def unknown_id(root):
+        (root / "train.txt").write_text("img0\nimg9\n")
+
+    bad(tmp_path / "h", unknown_id, r"train.txt names ids with no image in .*: img9")
+
+    for text, match in (
+        (None, r"classes.txt is missing: write one class name per line"),
+        ("\n# nothing\n", r"classes.txt lists no class"),
+        ("a\nb\na\n", r"line 3: class 'a' is listed twice"),
+        ("a 1 2 3\nb 1 2 3\n", r"two lines share a colour"),
+        ("a\nignore\n", r"line 2: give the void colour"),
+    ):
+        root = tmp_path / f"classes{len(text or '')}"
+        make_folder(root)
+        (root / "classes.txt").unlink()
+        if text is not None:
+            (root / "classes.txt").write_text(text)
+        with pytest.raises(UserError, match=match):
+            module(root)
+        with pytest.raises(UserError, match=match):  # what train.py reports, via the resolver
+            check_config(compose("train", ["data=folder", f"data.root={root}"]))
+    with pytest.raises(MissingFileError, match=r"images is missing: data=folder reads"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "classes.txt").write_text("a\nb\n")
+        module(tmp_path / "empty").setup("fit")
+    with pytest.raises(UserError, match=r"data.root must be set: pass data.root=<your folder"):
+        check_config(compose("train", ["data=folder"]))
+
+
+@pytest.fixture
+def voc_folder(tmp_path, voc_sample_root) -> Path:
+    """The real VOC sample as a folder: JPEGs, palette masks, VOC names with their colours."""
+    voc = voc_sample_root / "VOC2012"
+    root = tmp_path / "voc_folder"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    ids = sorted(p.stem for p in (voc / "SegmentationClass").glob("*.png"))[:12]
+    for name in ids:
+        shutil.copy(voc / "JPEGImages" / f"{name}.jpg", root / "images")
+        shutil.copy(voc / "SegmentationClass" / f"{name}.png", root / "masks")
+    lines = [f"{n} {' '.join(map(str, voc_palette()[i]))}" for i, n in enumerate(VOC_CLASSES)]
+    (root / "classes.txt").write_text("\n".join([*lines, "ignore 224 224 192"]) + "\n")
+    return root
+
+
+def test_real_voc_files_read_as_the_voc_reader_reads_them(voc_folder, tmp_path):
+    dm = module(voc_folder, val_fraction=0.5)
+    assert dm.num_classes == 21
+    masks = val_masks(dm)
+    for name, mask in masks.items():
+        assert np.array_equal(mask, read_mask(voc_folder / "masks" / f"{name}.png"))
+    # The same masks saved as RGB colour images (what many tools export) read the same.
+    palette = voc_palette()
+    for name in masks:
+        rgb = palette[read_mask(voc_folder / "masks" / f"{name}.png")]
+        Image.fromarray(rgb).save(voc_folder / "masks" / f"{name}.png")
+    for name, mask in val_masks(module(voc_folder, val_fraction=0.5)).items():
+        assert np.array_equal(mask, masks[name])
+
+
+@pytest.mark.slow
+def test_train_py_smoke_run_then_export(tmp_path):
+    """`python src/train.py data=folder data.root=DIR debug=smoke` trains, writes its split and a
+    checkpoint whose export carries the folder's class names and colours."""
+    root = make_folder(tmp_path / "pets", count=8, size=(24, 32))
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "disabled"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["data=folder", f"data.root={root}", "debug=smoke", "logger=csv"]
+    args += ["data.val_fraction=0.25", f"hydra.run.dir={run}"]
+    cmd = [sys.executable, str(REPO / "src" / "train.py"), *args]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics["val/IoU"]) == ["background", "cat", "dog"]
+    assert len((run / "splits" / "val.txt").read_text().split()) == 2
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["deeplab"]["classes"]["names"] == ["background", "cat", "dog"]
+    assert ckpt["deeplab"]["classes"]["colours"][1] == [200, 40, 40]
+
+    from deeplab.export import export
+
+    props = export(run / "checkpoints" / "last.ckpt", tmp_path / "pets.onnx")
+    assert json.loads(props["class_names"]) == ["background", "cat", "dog"]
+
+
+def test_fine_tuning_converted_voc_weights_reinitialises_the_classifier(tmp_path, caplog):
+    """init=caffe with a 21-class VOC network on a 3-class folder: all but the classifier load,
+    and the run says which tensors start afresh."""
+    import hydra
+
+    from deeplab.weights.caffe.converter import convert, save
+    from deeplab.weights.caffe.released_layouts import vgg16_layers, write_caffemodel
+
+    layers = vgg16_layers(0.0625, num_classes=21, head="largefov")
+    converted = convert(write_caffemodel(tmp_path / "voc.caffemodel", layers))
+    save(converted, tmp_path / "voc.pth")
+    root = make_folder(tmp_path / "pets")
+    init = ["init=caffe", f"init.path={tmp_path / 'voc.pth'}", "model.width_mult=0.0625"]
+    cfg = compose("train", ["data=folder", f"data.root={root}", *init])
+    with caplog.at_level("WARNING"):
+        net = hydra.utils.instantiate(cfg.model)
+    assert net.head.branches[0].fc8.out_channels == 3
+    assert "re-initialised, not loaded: head.branches.0.fc8.weight (21, " in caplog.text
+    fc7 = converted["state_dict"]["head.branches.0.fc7.weight"]
+    torch.testing.assert_close(net.head.branches[0].fc7.weight.data, fc7)
