@@ -34,7 +34,7 @@ def number(cell: str) -> float:
     return float(re.match(r"[\d.]+", cell).group())
 
 
-# What the GPU machine's image lacks and the report must do without (pydensecrf.utils too) (hydra and omegaconf travel
+# What the GPU machine's image lacks and the report must do without (hydra and omegaconf travel
 # as wheels: experiments/gpu_wheels.py): hidden from the dry run by a sitecustomize.
 HIDDEN = ("albumentations", "wandb", "cityscapesscripts", "pydensecrf", "pydensecrf.densecrf")
 

@@ -1,7 +1,8 @@
 """Class names per data set and the VOC colour palette that every mask PNG and figure uses."""
 
+from functools import cache
+
 import numpy as np
-from cityscapesscripts.helpers.labels import labels as _cityscapes_labels
 
 IGNORE_INDEX = 255
 
@@ -27,12 +28,16 @@ PERSON_PART_CLASSES = [
     "background", "head", "torso", "upper_arms", "lower_arms", "upper_legs", "lower_legs",
 ]  # fmt: skip
 
-# The 19 evaluated Cityscapes classes in trainId order, from the official label table.
-CITYSCAPES_CLASSES = [
-    lab.name
-    for lab in sorted(_cityscapes_labels, key=lambda lab: lab.trainId)
-    if lab.trainId not in (-1, IGNORE_INDEX)
-]
+
+@cache
+def cityscapes_classes() -> list[str]:
+    """The 19 evaluated Cityscapes classes in trainId order, from the official label table
+    (cityscapesscripts, imported only where Cityscapes is used)."""
+    from cityscapesscripts.helpers.labels import labels
+
+    evaluated = [lab for lab in labels if lab.trainId not in (-1, IGNORE_INDEX)]
+    return [lab.name for lab in sorted(evaluated, key=lambda lab: lab.trainId)]
+
 
 SYNTHETIC_CLASSES = ["background", "circle", "square", "triangle", "cross", "ring", "diamond"]
 

@@ -204,7 +204,10 @@ class CityscapesDataModule(SegmentationDataModule):
     """Cityscapes fine annotations, 19 trainIds; `root` holds leftImg8bit/ and gtFine/ after
     `prepare cityscapes` (which writes *_gtFine_trainIds.png and lists/{train,val}.txt)."""
 
-    class_names = classes.CITYSCAPES_CLASSES
+    @property
+    def class_names(self) -> list[str]:
+        return classes.cityscapes_classes()
+
     prepare_hint = "python -m deeplab.data.prepare cityscapes --root data/"
     list_template = "lists/{split}.txt"
     image_template = "leftImg8bit/{split}/{id}_leftImg8bit.png"
