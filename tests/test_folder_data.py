@@ -15,6 +15,7 @@ from PIL import Image
 from deeplab.data.classes import VOC_CLASSES, voc_palette
 from deeplab.data.dataset import read_mask
 from deeplab.data.folder import FolderDataModule
+from deeplab.export import export
 from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
@@ -272,7 +273,20 @@ def test_train_py_smoke_run_then_export(tmp_path):
     assert ckpt["deeplab"]["classes"]["names"] == ["background", "cat", "dog"]
     assert ckpt["deeplab"]["classes"]["colours"][1] == [200, 40, 40]
 
-    from deeplab.export import export
+    # evaluate.py needs the checkpoint alone: data root, classes and the written split travel
+    evaluate = [sys.executable, str(REPO / "src" / "evaluate.py")]
+    evaluate += [
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'e'}",
+    ]
+    done = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert scored["val/mIoU"] == metrics["val/mIoU"] and list(scored["val/IoU"]) == [
+        "background",
+        "cat",
+        "dog",
+    ]
 
     props = export(run / "checkpoints" / "last.ckpt", tmp_path / "pets.onnx")
     assert json.loads(props["class_names"]) == ["background", "cat", "dog"]
