@@ -1,5 +1,6 @@
 """Shared test fixtures: repo paths, configs and the real VOC sample beside the checkout."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,19 @@ def voc_sample_root() -> Path:
     if not (SHARED_VOC / "VOC2012").is_dir():
         pytest.skip("../shared/data/voc_sample is absent (only CI and developers have it)")
     return SHARED_VOC
+
+# Variables a caller's shell may hold that change what the code under test does: tracebacks instead
+# of one-line errors (HYDRA_FULL_ERROR), another data folder, wandb mode, a SLURM job or DDP rank
+# (the run lock and Lightning read them). Subprocesses inherit os.environ, so clearing it here
+# covers them too.
+CALLER_PREFIXES = ("HYDRA_", "DEEPLAB_", "WANDB_", "SLURM_", "SUBMITIT_")
+CALLER_NAMES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Run every test as on a fresh shell, whatever the caller exported."""
+    for name in list(os.environ):
+        if name.startswith(CALLER_PREFIXES) or name in CALLER_NAMES:
+            monkeypatch.delenv(name)

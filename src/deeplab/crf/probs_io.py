@@ -40,7 +40,8 @@ def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path) as data:  # members decompress on access: read them inside read_file
+    # allow_pickle=False: an object array would unpickle (run code) from a handed file
+    with np.load(path, allow_pickle=False) as data:  # members decompress on access: read here
         missing = {"image", "probs", "mask"} - set(data.files)
         if missing:
             raise UserError(

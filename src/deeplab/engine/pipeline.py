@@ -103,7 +103,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     with exit_on_sigterm(trainer, stop):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
         trainer.save_checkpoint(last, weights_only=False)  # resumable
 
