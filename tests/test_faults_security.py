@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from deeplab.crf.probs_io import load_probabilities
+from deeplab.data.datamodule import SyntheticDataModule
+from deeplab.data.dataset import read_ids
 from deeplab.runtime.errors import UserError
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import check_readable, read_checkpoint
@@ -89,3 +91,39 @@ def test_a_truncated_converted_file_gets_one_message(tmp_path):
     cut.write_bytes(whole.read_bytes()[:-300])
     with pytest.raises(UserError, match=f"{cut} cannot be read"):
         read_weights(cut)
+
+
+# --- ids from data: names inside their folders -----------------------------------------------------
+
+ESCAPING_IDS = ["../escape", "a/../../b", "/etc/passwd", "a\\..\\b", "a//b", "./a", ".."]
+
+
+@pytest.mark.parametrize("bad", ESCAPING_IDS)
+def test_ids_that_leave_their_folder_are_refused_naming_the_list_and_line(tmp_path, bad):
+    listed = tmp_path / "val.txt"
+    listed.write_text(f"2007_000032\n\n{bad} extra-column\n")
+    with pytest.raises(UserError, match=rf"split list {listed} line 3: id .* outside its folder"):
+        read_ids(listed)
+
+
+def test_sub_folder_ids_bom_and_crlf_are_read(tmp_path):
+    """Cityscapes ids are `city/image`; Windows editors add a BOM and CRLF line ends."""
+    listed = tmp_path / "train.txt"
+    listed.write_bytes("\ufeffaachen/aachen_000000\r\n2007_000032 1\r\n".encode())
+    assert read_ids(listed) == ["aachen/aachen_000000", "2007_000032"]
+
+
+def test_repeated_ids_and_val_ids_in_train_are_warned_about(tmp_path, caplog):
+    listed = tmp_path / "list.txt"
+    listed.write_text("a\nb\na\n")
+    assert read_ids(listed) == ["a", "b", "a"]
+    assert f"split list {listed} repeats 1 ids (a)" in caplog.text
+
+    data = SyntheticDataModule(str(tmp_path / "synthetic"), num_train=3, num_val=2, image_size=32)
+    data.prepare_data()
+    lists = tmp_path / "synthetic" / "ImageSets" / "Segmentation"
+    val_id = read_ids(lists / "val.txt")[0]
+    with open(lists / "train.txt", "a") as train:
+        train.write(f"{val_id}\n")
+    data.setup("fit")
+    assert f"1 val ids of {lists / 'val.txt'} are also in the training split" in caplog.text

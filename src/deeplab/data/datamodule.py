@@ -115,6 +115,21 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.train_set = self.dataset("train")
         if stage in (None, "fit", "validate", "test") and self.val_set is None:
             self.val_set = self.dataset("val")
+        if stage in (None, "fit"):
+            self.warn_overlap()
+
+    def warn_overlap(self) -> None:
+        """Warn when val images are also trained on: the val scores would be optimistic."""
+        both = sorted(set(self.train_set.ids) & set(self.val_set.ids))
+        if both:
+            log.warning(
+                "%d val ids of %s are also in the training split %s (%s): the val scores will "
+                "be optimistic; remove them from one of the lists",
+                len(both),
+                self.templates("val")[0],
+                self.templates("train")[0],
+                ", ".join(both[:5]),
+            )
 
     def train_dataloader(self) -> DataLoader:
         """Whole batches only, as Caffe never makes a partial one (the last few images of an

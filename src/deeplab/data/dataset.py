@@ -5,6 +5,8 @@ templates (see `datamodule.py`). Masks are read as palette indices through PIL (
 through OpenCV, whose colour conversion would silently turn VOC labels into RGB values.
 """
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,14 +21,50 @@ from deeplab.data.transforms import normalize
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
 
+log = logging.getLogger(__name__)
+
 
 def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
-    """Ids of a split list (one per line; VOC's extra columns are dropped), first `limit` only."""
-    text = read_file(Path.read_text, list_file, "split list", "run the prepare command again")
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not ids:
+    """Ids of a split list (one per line; VOC's extra columns are dropped), first `limit` only.
+
+    A UTF-8 BOM and CRLF line ends (lists saved on Windows) are read. Ids name the files read
+    and the files written (predictions, saved probabilities) under their folders, so one that
+    could leave its folder (`..`, an absolute path, a backslash) is refused naming the line;
+    repeated ids are warned about (their images would count twice in the scores).
+    """
+    text = read_file(
+        lambda p: p.read_text(encoding="utf-8-sig"),
+        list_file,
+        "split list",
+        "run the prepare command again",
+    )
+    numbered = [(n, line.split()[0]) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
         raise UserError(f"split list {list_file} is empty: re-run the prepare command")
+    for number, name in numbered:
+        check_id(name, f"split list {list_file} line {number}")
+    ids = [name for _, name in numbered]
+    repeated = sorted({name for name, count in Counter(ids).items() if count > 1})
+    if repeated:
+        log.warning(
+            "split list %s repeats %d ids (%s): their images count more than once",
+            list_file,
+            len(repeated),
+            ", ".join(repeated[:5]),
+        )
     return ids[:limit] if limit is not None else ids
+
+
+def check_id(name: str, where: str) -> None:
+    """Raise UserError unless `name` is a relative path that stays inside its folder: plain
+    names, or sub-folders joined by '/' (Cityscapes' `city/image` ids)."""
+    parts = name.split("/")
+    if "\\" in name or "\0" in name or any(part in ("", ".", "..") for part in parts):
+        raise UserError(
+            f"{where}: id {name!r} would name a file outside its folder (ids are relative "
+            "names: no '..', '.', leading '/', empty part or backslash); fix the list or "
+            "regenerate it with the prepare command"
+        )
 
 
 def read_mask(path: Path) -> np.ndarray:
