@@ -3,14 +3,23 @@ data cannot write outside its run, stops leave no workers, locks or half files b
 
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 from deeplab.crf.probs_io import load_probabilities
 from deeplab.data.datamodule import SyntheticDataModule
-from deeplab.data.dataset import read_ids
+from deeplab.data.dataset import read_ids, read_mask
+from deeplab.engine.checkpoint_io import AtomicCheckpointIO
+from deeplab.engine.pipeline import train
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import check_readable, read_checkpoint
@@ -127,3 +136,59 @@ def test_repeated_ids_and_val_ids_in_train_are_warned_about(tmp_path, caplog):
         train.write(f"{val_id}\n")
     data.setup("fit")
     assert f"1 val ids of {lists / 'val.txt'} are also in the training split" in caplog.text
+
+
+# --- outputs: whole or absent ----------------------------------------------------------------------
+
+SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=4", "data.num_val=2", "logger=csv",
+         "val_samples=1", "trainer.max_steps=2"]  # fmt: skip
+
+
+def test_checkpoints_are_renamed_into_place_never_moved_from_tmpdir(tmp_path, monkeypatch):
+    """Lightning's own IO stages checkpoints in $TMPDIR (absent here: it would fail); a move
+    across file systems is a copy that a kill leaves half done."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-tmpdir"))
+    run = tmp_path / "run"
+    train(compose("train", [*SMOKE, f"data_dir={tmp_path / 'data'}"]), run)
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in saved and not [name for name in saved if name.endswith(".tmp")]
+    assert not [p for p in run.rglob("*") if p.is_file() and p.stat().st_size == 0]
+
+
+def test_a_failed_checkpoint_save_keeps_the_previous_one(tmp_path):
+    last = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, last)
+    with pytest.raises(Exception):  # noqa: B017  (pickling a lambda fails in torch.save)
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "bad": lambda: 0}, last)
+    assert torch.load(last, weights_only=True) == {"step": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+WRITER = """
+import sys, numpy as np
+from deeplab.crf.probs_io import save_probabilities
+from deeplab.engine.visuals import save_mask
+rng = np.random.default_rng(0)
+image = rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)
+probs = rng.random((21, 400, 400), dtype=np.float32)
+mask = rng.integers(0, 21, (400, 400), dtype=np.uint8)
+print("ready", flush=True)
+while True:
+    save_probabilities(sys.argv[1] + "/probs/x", image, probs, mask)
+    save_mask(sys.argv[1] + "/masks/x.png", mask, np.zeros((256, 3), np.uint8))
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.7])
+def test_outputs_killed_while_written_are_whole_or_absent(tmp_path, delay):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline() == "ready\n"
+    time.sleep(delay)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    for path in (tmp_path / "probs" / "x.npz", tmp_path / "masks" / "x.png"):
+        if path.exists():  # written whole, or never renamed into place
+            (load_probabilities if path.suffix == ".npz" else read_mask)(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
 
@@ -21,9 +22,10 @@ def save_probabilities(path, image, probs, mask) -> Path:
     if path.suffix != ".npz":  # names may hold dots (Cityscapes ids do not, but be safe)
         path = path.with_name(path.name + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path, image=image, probs=probs.astype(np.float16), mask=mask.astype(np.uint8)
-    )
+    with written_atomically(path) as tmp, open(tmp, "wb") as file:  # a file: no .npz added
+        np.savez_compressed(
+            file, image=image, probs=probs.astype(np.float16), mask=mask.astype(np.uint8)
+        )
     return path
 
 

@@ -18,6 +18,7 @@ from deeplab.data.images import read_rgb
 from deeplab.data.transforms import normalize
 from deeplab.engine import speed, visuals
 from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
+from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, print_table, write_metrics
@@ -98,7 +99,11 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
     )
     trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -171,7 +176,7 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
         if "crf" in sample:
             visuals.save_mask(out / f"{name}_crf.png", sample["crf"], palette)
     fig = visuals.comparison_figure(samples, palette)
-    fig.savefig(run_dir / "figure.png", dpi=100)
+    visuals.save_figure(run_dir / "figure.png", fig, dpi=100)
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:

@@ -3,6 +3,7 @@ experiments/tables.py."""
 
 from pathlib import Path
 
+from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.errors import UserError
 from deeplab.tables.build import build_rows
 from deeplab.tables.paper import TABLES
@@ -27,7 +28,8 @@ def make_table(sweep_dir: Path, out_dir: Path | None = None, table: str | None =
     out_dir = Path(out_dir or sweep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(spec, results)
-    (out_dir / f"{name}.md").write_text(text)
+    with written_atomically(out_dir / f"{name}.md") as tmp:
+        tmp.write_text(text)
     write_csv(spec, results, out_dir / f"{name}.csv")
     write_png(spec, results, out_dir / f"{name}.png")
     return text
