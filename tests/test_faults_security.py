@@ -8,13 +8,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO
 
-from deeplab.crf.probs_io import load_probabilities
+from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.dataset import read_ids, read_mask
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
@@ -192,3 +194,64 @@ def test_outputs_killed_while_written_are_whole_or_absent(tmp_path, delay):
     for path in (tmp_path / "probs" / "x.npz", tmp_path / "masks" / "x.png"):
         if path.exists():  # written whole, or never renamed into place
             (load_probabilities if path.suffix == ".npz" else read_mask)(path)
+
+
+# --- stops: no workers, no lock, one line ----------------------------------------------------------
+
+
+def marked_processes(marker: str) -> list[int]:
+    """Pids of live processes whose environment holds `marker` (workers inherit it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
+                if (proc / "stat").read_text().split(") ")[1][0] != "Z":
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+TOOLS = {
+    "crf_eval": ["src/crf_eval.py", "crf.backend=pydensecrf", "crf.iterations=400", "limit=null",
+                 "num_workers=2"],  # fmt: skip
+    "search": ["-m", "deeplab.crf.search", "{probs}", "--backend", "pydensecrf", "--iterations", "400",
+               "--num-workers", "2", "--no-fine", "--bi-w", "3", "5"],  # fmt: skip
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+@pytest.mark.parametrize(
+    ("tool", "sig", "status"),
+    [("crf_eval", signal.SIGTERM, 143), ("search", signal.SIGINT, 130)],
+)
+def test_a_stopped_crf_tool_ends_its_workers_and_lock(tmp_path, tool, sig, status):
+    probs = tmp_path / "probs"
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        logits = rng.random((21, 160, 160), dtype=np.float32)
+        image = rng.integers(0, 255, (160, 160, 3), dtype=np.uint8)
+        save_probabilities(probs / f"img{i}", image, logits / logits.sum(0), logits.argmax(0))
+    marker = f"DEEPLAB_TEST_{uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", marker: "1"}
+    args = TOOLS[tool] + ([f"probs_dir={probs}", f"hydra.run.dir={tmp_path / 'run'}"]
+                          if tool == "crf_eval" else [])  # fmt: skip
+    args = [a.format(probs=probs) for a in args]
+    run = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(marked_processes(marker)) < 4 and run.poll() is None:  # main, server, 2 workers
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        run.send_signal(sig)
+        _, err = run.communicate(timeout=60)  # returns once no process holds the pipes
+    finally:
+        run.kill()
+    assert run.returncode == status, err
+    assert err.strip().splitlines()[-1].startswith(f"Stopped by {sig.name}: the CRF"), err
+    assert "Traceback" not in err, err
+    assert marked_processes(marker) == []
+    assert not list(tmp_path.rglob(".owner"))

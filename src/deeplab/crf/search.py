@@ -28,6 +28,7 @@ from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress, track
+from deeplab.runtime.signals import exits_on_stop_signals
 
 COARSE = {
     "bi_w": [3.0, 4.0, 5.0, 6.0],
@@ -218,6 +219,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 @reports_user_errors
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with exits_on_stop_signals("the CRF search", "run the same command again: settings "
+                               "already scored are read back from the .jsonl log"):  # fmt: skip
+        return run_search(args)
+
+
+def run_search(args: argparse.Namespace) -> dict:
+    """The search `main` starts, with its arguments parsed."""
     backend = args.backend or ("torch" if torch.cuda.is_available() else "pydensecrf")
     grid = {a: getattr(args, a) for a in AXES}
     fine = None
