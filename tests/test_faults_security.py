@@ -3,6 +3,7 @@ data cannot write outside its run, stops leave no workers, locks or half files b
 
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
@@ -20,7 +21,10 @@ from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.dataset import read_ids, read_mask
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
-from deeplab.engine.pipeline import train
+from deeplab.engine.pipeline import train  # noqa: I001
+from deeplab.engine.pipeline import evaluate, predict
+from deeplab.runtime import run_lock
+from deeplab.runtime.atomic import check_writable
 from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 from deeplab.weights import conventions
@@ -255,3 +259,55 @@ def test_a_stopped_crf_tool_ends_its_workers_and_lock(tmp_path, tool, sig, statu
     assert "Traceback" not in err, err
     assert marked_processes(marker) == []
     assert not list(tmp_path.rglob(".owner"))
+
+
+# --- disks that say no ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk():
+    """Files may not grow past 10 bytes in this process (RLIMIT_FSIZE): writes fail as on a full
+    disk (EFBIG instead of ENOSPC), without root or a mount. Restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, xfsz)
+
+
+def test_the_run_lock_refuses_a_full_disk_and_leaves_no_empty_owner(tmp_path, full_disk):
+    with pytest.raises(UserError, match=f"run directory {tmp_path} cannot be written"):
+        run_lock.acquire(tmp_path)
+    assert not (tmp_path / run_lock.OWNER_FILE).exists()
+
+
+def test_an_unwritable_run_directory_is_refused_naming_it(tmp_path):
+    """A file where a folder should be: refused as a read-only one is (tests run as root too,
+    which chmod cannot stop)."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="run directory .*file/run cannot be written"):
+        run_lock.acquire(tmp_path / "file" / "run")
+
+
+def test_output_folders_are_checked_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "out"
+    with pytest.raises(UserError, match=f"output_dir={blocked} cannot be written"):
+        check_writable(blocked, "output_dir")
+    absent = ["data=synthetic", f"ckpt_path={tmp_path / 'absent.ckpt'}"]
+    with pytest.raises(UserError, match=f"output_dir={blocked} cannot be written"):
+        predict(compose("predict", [*absent, f"input={tmp_path}", f"output_dir={blocked}"]), tmp_path)
+    with pytest.raises(UserError, match=f"save_probs={blocked} cannot be written"):
+        evaluate(compose("evaluate", [*absent, f"save_probs={blocked}"]), tmp_path)
+
+
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, full_disk):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    probs = rng.random((2, 8, 8), dtype=np.float32)
+    with pytest.raises(UserError, match=f"could not write {tmp_path / 'x.npz'} .*kept"):
+        save_probabilities(tmp_path / "x", image, probs, probs.argmax(0))
+    assert list(tmp_path.iterdir()) == []  # no half file under any name

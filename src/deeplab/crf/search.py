@@ -24,7 +24,7 @@ from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
 from deeplab.data.classes import VOC_CLASSES
 from deeplab.data.metrics import confusion_matrix, scores
-from deeplab.runtime.atomic import written_atomically
+from deeplab.runtime.atomic import check_writable, written_atomically
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress, track
@@ -239,6 +239,7 @@ def run_search(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     # Before the (long) loading, so that a log of another search is refused at once.
     out = args.out or Path(args.probs_dir) / "crf_search.json"
+    check_writable(out.parent, "--out")
     names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
     log = ScoreLog(out.with_suffix(".jsonl"), {**crf_kwargs, "images": names}, args.restart)
     images, probs, masks = load_split(args.probs_dir, args.limit or None)

@@ -23,6 +23,7 @@ from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, print_table, write_metrics
 from deeplab.engine.test_time import probabilities, wrap
+from deeplab.runtime.atomic import check_writable
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.progress import track
@@ -182,6 +183,8 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
 def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
     check_config(cfg)
+    if cfg.get("save_probs"):  # before the network runs over the whole split
+        check_writable(cfg.save_probs, "save_probs")
     run_dir = Path(run_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     net = trained_network(cfg, datamodule)
@@ -242,7 +245,7 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
     are still done; then SkippedImages lists them. Returns the masks written."""
     check_config(cfg)
-    out = Path(cfg.get("output_dir") or run_dir)
+    out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
     files = image_files(cfg.input)
     names = output_names(files)
     datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only
