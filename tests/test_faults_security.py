@@ -311,3 +311,29 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, full_di
     with pytest.raises(UserError, match=f"could not write {tmp_path / 'x.npz'} .*kept"):
         save_probabilities(tmp_path / "x", image, probs, probs.argmax(0))
     assert list(tmp_path.iterdir()) == []  # no half file under any name
+
+
+# --- sweeps: every job that can run, runs -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_multirun_runs_every_job_then_lists_the_failed_ones(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        p = rng.random((3, 16, 16), dtype=np.float32)
+        image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        save_probabilities(tmp_path / "probs" / f"img{i}", image, p / p.sum(0), p.argmax(0))
+    sweep = tmp_path / "sweep"
+    run = subprocess.run(
+        [sys.executable, "src/crf_eval.py", "-m", f"probs_dir={tmp_path / 'probs'}",
+         "crf.backend=torch", "crf.bi_w=-1,5,-2", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "src")}, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert (sweep / "1" / "metrics.json").is_file()  # the job after the failed one ran
+    summary = run.stderr[run.stderr.index("Error: 2 of 3 jobs failed") :]
+    assert "#0 (" in summary and "crf.bi_w=-1 is invalid" in summary
+    assert "#2 (" in summary and "crf.bi_w=-2 is invalid" in summary and "#1" not in summary
+    assert "Traceback" not in run.stderr
+    assert not list(sweep.rglob(".owner"))

@@ -239,8 +239,8 @@ def run_search(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     # Before the (long) loading, so that a log of another search is refused at once.
     out = args.out or Path(args.probs_dir) / "crf_search.json"
-    check_writable(out.parent, "--out")
     names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
+    check_writable(out.parent, "--out")
     log = ScoreLog(out.with_suffix(".jsonl"), {**crf_kwargs, "images": names}, args.restart)
     images, probs, masks = load_split(args.probs_dir, args.limit or None)
     unary = score(probs, masks)
