@@ -16,13 +16,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from PIL import Image
+from test_predict import MODEL, untrained_checkpoint
 
 from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.dataset import read_ids, read_mask
+from deeplab.data.images import read_rgb
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.pipeline import train  # noqa: I001
-from deeplab.engine.pipeline import evaluate, predict
+from deeplab.engine.pipeline import SkippedImages, evaluate, predict
 from deeplab.runtime import run_lock
 from deeplab.runtime.atomic import check_writable
 from deeplab.runtime.config import compose
@@ -337,3 +340,41 @@ def test_a_multirun_runs_every_job_then_lists_the_failed_ones(tmp_path):
     assert "#2 (" in summary and "crf.bi_w=-2 is invalid" in summary and "#1" not in summary
     assert "Traceback" not in run.stderr
     assert not list(sweep.rglob(".owner"))
+
+
+# --- memory: sizes checked before decoding ----------------------------------------------------------
+
+
+def bomb(path) -> None:
+    """A PNG of 11000 x 11000 pixels in a few kB: 363 MB once decoded to RGB (PIL warns past 89 MP
+    and refuses past 179 MP only)."""
+    Image.new("1", (11000, 11000)).save(path)
+
+
+def test_an_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    bomb(path)
+    with pytest.warns(Image.DecompressionBombWarning):  # PIL's own warning, from the header
+        with pytest.raises(UserError, match=rf"image {path} is 11000 x 11000 pixels .*max_pixels"):
+            read_rgb(path)
+        with pytest.raises(UserError, match="more than the limit of 0.0001 MP"):
+            read_mask(path, max_pixels=100)
+
+
+def test_a_predict_folder_goes_on_past_large_and_foreign_files_and_lists_them(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / "a.gif")
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(images / "b.webp")
+    Image.fromarray(rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)).save(images / "big.png")
+    (images / "notes.txt").write_text("not an image")
+    ckpt = untrained_checkpoint(tmp_path / "net.ckpt")
+    cfg = compose("predict", [*MODEL, f"ckpt_path={ckpt}", f"input={images}",
+                              "data.max_pixels=1000"])  # fmt: skip
+    with pytest.raises(SkippedImages) as skipped:
+        predict(cfg, tmp_path / "out")
+    assert skipped.value.skipped == [images / "notes.txt", images / "big.png"]
+    message = str(skipped.value)
+    assert "big.png is 60 x 60 pixels" in message and "notes.txt is not read" in message
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.png", "b.png"]

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from deeplab.data import classes
 from deeplab.data.dataset import SegmentationDataset, read_ids
+from deeplab.data.images import MAX_PIXELS
 from deeplab.data.resumable import ResumableLoader
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD, pad_collate, train_transform
@@ -51,6 +52,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         limit_val: int | None = None,
         train_split: str = "train",
         val_split: str = "val",
+        max_pixels: int | None = MAX_PIXELS,
     ):
         super().__init__()
         num_classes = len(self.class_names) if num_classes is None else num_classes
@@ -64,7 +66,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.palette = classes.voc_palette()
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.crop_size = crop_size
+        self.crop_size, self.max_pixels = crop_size, max_pixels
         self.augment = dict(
             scale_mode=random_scale, scale_range=tuple(scale_range), scales=tuple(scales), flip=flip
         )
@@ -99,7 +101,14 @@ class SegmentationDataModule(pl.LightningDataModule):
             transform = train_transform(self.crop_size, self.mean, **self.augment)
         _, image_template, mask_template = self.templates(stage)
         return SegmentationDataset(
-            ids, image_template, mask_template, self.num_classes, self.mean, self.std, transform
+            ids,
+            image_template,
+            mask_template,
+            self.num_classes,
+            self.mean,
+            self.std,
+            transform,
+            self.max_pixels,
         )
 
     def check_root(self) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from deeplab.data.classes import IGNORE_INDEX, voc_palette
-from deeplab.data.images import exif_turned, read_rgb
+from deeplab.data.images import MAX_PIXELS, check_size, exif_turned, read_rgb
 from deeplab.data.transforms import normalize
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
@@ -67,14 +67,21 @@ def check_id(name: str, where: str) -> None:
         )
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Class indices (H, W) uint8 from a palette (P) or grey (L) PNG: the palette's indices,
-    never its colours; any other mode (RGB colours, 16-bit, alpha) is refused naming the file."""
-    return read_file(_decode_mask, path, "mask", "re-extract the data set (prepare command)")
+    never its colours; any other mode (RGB colours, 16-bit, alpha) is refused naming the file,
+    as is one of more than `max_pixels` pixels."""
+    return read_file(
+        lambda p: _decode_mask(p, max_pixels),
+        path,
+        "mask",
+        "re-extract the data set (prepare command)",
+    )
 
 
-def _decode_mask(path: Path) -> np.ndarray:
+def _decode_mask(path: Path, max_pixels: int | None) -> np.ndarray:
     with Image.open(path) as img:
+        check_size(img, path, max_pixels)
         if img.mode not in ("P", "L"):
             raise UserError(
                 f"mask {path} has PIL mode {img.mode}; masks must be 8-bit palette (P) or grey "
@@ -110,8 +117,9 @@ class SegmentationDataset(Dataset):
         mean,
         std,
         transform: Callable | None = None,
+        max_pixels: int | None = MAX_PIXELS,
     ):
-        self.ids = ids
+        self.ids, self.max_pixels = ids, max_pixels
         self.image_template, self.mask_template = image_template, mask_template
         self.num_classes, self.mean, self.std = num_classes, mean, std
         self.transform = transform
@@ -135,8 +143,8 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw uint8 RGB image and checked mask of one sample, at original size."""
         name = self.ids[index]
-        image = read_rgb(self.image_path(name))
-        mask = read_mask(self.mask_path(name))
+        image = read_rgb(self.image_path(name), self.max_pixels)
+        mask = read_mask(self.mask_path(name), self.max_pixels)
         if image.shape[:2] != mask.shape:
             turned = image.shape[1::-1] == mask.shape and exif_turned(self.image_path(name))
             raise UserError(

@@ -31,7 +31,8 @@ from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import check_readable, load_network
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# What predict.py reads from a folder: every format `read_rgb` decodes (other files are listed)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def model_config(cfg: DictConfig) -> dict:
@@ -203,17 +204,24 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     return metrics
 
 
-def image_files(path: str | Path) -> list[Path]:
-    """One image, or every image in a folder (sorted); a clear error when there is none."""
+def image_files(path: str | Path) -> tuple[list[Path], dict[Path, str]]:
+    """One image, or every image in a folder (sorted), and why each other file of the folder is
+    not read (so that none is skipped unsaid); a clear error when there is no image."""
     path = Path(path)
     if path.is_file():
-        return [path]
-    files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [path], {}
+    found = sorted(p for p in path.glob("*") if p.is_file())
+    files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise MissingFileError(
             f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
         )
-    return files
+    others = {
+        p: f"{p} is not read: its suffix is not one of {sorted(IMAGE_SUFFIXES)}"
+        for p in found
+        if p not in files
+    }
+    return files, others
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
@@ -242,11 +250,12 @@ class SkippedImages(UserError):
 @torch.no_grad()
 def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
-    `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
-    are still done; then SkippedImages lists them. Returns the masks written."""
+    `<name>` from `output_names`. An unreadable image, or one above `data.max_pixels`, is skipped
+    (named on stderr) and the others are still done; then SkippedImages lists them with the
+    folder's files that are not images. Returns the masks written."""
     check_config(cfg)
     out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
-    files = image_files(cfg.input)
+    files, skipped = image_files(cfg.input)
     names = output_names(files)
     datamodule = hydra.utils.instantiate(cfg.data)  # class count, palette, normalization only
     device = torch.device(
@@ -257,10 +266,10 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     crf = hydra.utils.instantiate(cfg.crf) if cfg.get("crf") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    written, skipped = [], {}
+    written = []
     for path in track(files, "predicting", unit="images"):
         try:
-            rgb = read_rgb(path)
+            rgb = read_rgb(path, datamodule.max_pixels)
         except UserError as err:
             print(f"skipped: {err}", file=sys.stderr)
             skipped[path] = str(err)
