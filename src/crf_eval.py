@@ -6,6 +6,7 @@ design.md I6).
 protocol and table is `python -m deeplab.crf.search <dir>`.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from deeplab.crf.search import load_split, score, score_setting
 from deeplab.engine.results import as_metrics, print_table, write_metrics
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress
@@ -46,4 +47,5 @@ def evaluate_crf(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     main()

@@ -5,12 +5,14 @@ Use the same data / model / backbone groups as training. Options: `tta.scales=[0
 protocol), `crf=...`, `save_probs=<dir>`.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.engine.pipeline import evaluate
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     main()

@@ -6,12 +6,14 @@ suffix when two images share a stem (`x.jpg`, `x.png` -> `x_jpg.png`, `x_png.png
 images are skipped and listed at the end, with exit status 2.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.engine.pipeline import predict
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 
 
 @hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
@@ -23,4 +25,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     main()

@@ -17,6 +17,7 @@ def voc_sample_root() -> Path:
         pytest.skip("../shared/data/voc_sample is absent (only CI and developers have it)")
     return SHARED_VOC
 
+
 # Variables a caller's shell may hold that change what the code under test does: tracebacks instead
 # of one-line errors (HYDRA_FULL_ERROR), another data folder, wandb mode, a SLURM job or DDP rank
 # (the run lock and Lightning read them). Subprocesses inherit os.environ, so clearing it here

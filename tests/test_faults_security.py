@@ -24,17 +24,24 @@ from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.dataset import read_ids, read_mask
 from deeplab.data.images import read_rgb
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
-from deeplab.engine.pipeline import train  # noqa: I001
-from deeplab.engine.pipeline import SkippedImages, evaluate, predict
+from deeplab.engine.pipeline import (
+    SkippedImages,
+    evaluate,
+    predict,
+    train,  # noqa: I001
+)
 from deeplab.runtime import run_lock
 from deeplab.runtime.atomic import check_writable
+from deeplab.runtime.cli import check_command_line
 from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 from deeplab.weights import conventions
+from deeplab.weights.caffe.caffe_pb import BlobProto
+from deeplab.weights.caffe.caffemodel import blob_array
 from deeplab.weights.checkpoint import check_readable, read_checkpoint
 from deeplab.weights.pretrained import read_weights
 
-# --- handed files: read as data, never as code ---------------------------------------------------
+# --- handed files: read as data, never as code ----------------------------------------------------
 
 
 class Payload:
@@ -111,7 +118,7 @@ def test_a_truncated_converted_file_gets_one_message(tmp_path):
         read_weights(cut)
 
 
-# --- ids from data: names inside their folders -----------------------------------------------------
+# --- ids from data: names inside their folders ----------------------------------------------------
 
 ESCAPING_IDS = ["../escape", "a/../../b", "/etc/passwd", "a\\..\\b", "a//b", "./a", ".."]
 
@@ -147,7 +154,7 @@ def test_repeated_ids_and_val_ids_in_train_are_warned_about(tmp_path, caplog):
     assert f"1 val ids of {lists / 'val.txt'} are also in the training split" in caplog.text
 
 
-# --- outputs: whole or absent ----------------------------------------------------------------------
+# --- outputs: whole or absent ---------------------------------------------------------------------
 
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=4", "data.num_val=2", "logger=csv",
          "val_samples=1", "trainer.max_steps=2"]  # fmt: skip
@@ -203,7 +210,7 @@ def test_outputs_killed_while_written_are_whole_or_absent(tmp_path, delay):
             (load_probabilities if path.suffix == ".npz" else read_mask)(path)
 
 
-# --- stops: no workers, no lock, one line ----------------------------------------------------------
+# --- stops: no workers, no lock, one line ---------------------------------------------------------
 
 
 def marked_processes(marker: str) -> list[int]:
@@ -211,19 +218,37 @@ def marked_processes(marker: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
-                if (proc / "stat").read_text().split(") ")[1][0] != "Z":
-                    pids.append(int(proc.name))
+            alive = proc.name.isdigit() and (proc / "stat").read_text().split(") ")[1][0] != "Z"
+            if alive and marker.encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
         except OSError:
             continue
     return pids
 
 
 TOOLS = {
-    "crf_eval": ["src/crf_eval.py", "crf.backend=pydensecrf", "crf.iterations=400", "limit=null",
-                 "num_workers=2"],  # fmt: skip
-    "search": ["-m", "deeplab.crf.search", "{probs}", "--backend", "pydensecrf", "--iterations", "400",
-               "--num-workers", "2", "--no-fine", "--bi-w", "3", "5"],  # fmt: skip
+    "crf_eval": [
+        "src/crf_eval.py",
+        "crf.backend=pydensecrf",
+        "crf.iterations=400",
+        "limit=null",
+        "num_workers=2",
+    ],  # fmt: skip
+    "search": [
+        "-m",
+        "deeplab.crf.search",
+        "{probs}",
+        "--backend",
+        "pydensecrf",
+        "--iterations",
+        "400",
+        "--num-workers",
+        "2",
+        "--no-fine",
+        "--bi-w",
+        "3",
+        "5",
+    ],  # fmt: skip
 }
 
 
@@ -302,7 +327,9 @@ def test_output_folders_are_checked_before_any_work(tmp_path):
         check_writable(blocked, "output_dir")
     absent = ["data=synthetic", f"ckpt_path={tmp_path / 'absent.ckpt'}"]
     with pytest.raises(UserError, match=f"output_dir={blocked} cannot be written"):
-        predict(compose("predict", [*absent, f"input={tmp_path}", f"output_dir={blocked}"]), tmp_path)
+        predict(
+            compose("predict", [*absent, f"input={tmp_path}", f"output_dir={blocked}"]), tmp_path
+        )
     with pytest.raises(UserError, match=f"save_probs={blocked} cannot be written"):
         evaluate(compose("evaluate", [*absent, f"save_probs={blocked}"]), tmp_path)
 
@@ -316,7 +343,7 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, full_di
     assert list(tmp_path.iterdir()) == []  # no half file under any name
 
 
-# --- sweeps: every job that can run, runs -----------------------------------------------------------
+# --- sweeps: every job that can run, runs ---------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -342,7 +369,7 @@ def test_a_multirun_runs_every_job_then_lists_the_failed_ones(tmp_path):
     assert not list(sweep.rglob(".owner"))
 
 
-# --- memory: sizes checked before decoding ----------------------------------------------------------
+# --- memory: sizes checked before decoding --------------------------------------------------------
 
 
 def bomb(path) -> None:
@@ -378,3 +405,45 @@ def test_a_predict_folder_goes_on_past_large_and_foreign_files_and_lists_them(tm
     message = str(skipped.value)
     assert "big.png is 60 x 60 pixels" in message and "notes.txt is not read" in message
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["a.png", "b.png"]
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+def test_a_directory_given_as_a_file_is_called_one(tmp_path):
+    with pytest.raises(UserError, match=f"checkpoint {tmp_path} is a directory, not a file"):
+        read_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("dims", [(-1, -4), (2**32, 2**32), (-2, 2)], ids=str)
+def test_a_forged_caffe_blob_shape_is_refused(dims):
+    blob = BlobProto()
+    blob.shape.dim.extend(dims)
+    blob.data.extend([0.0] * (4 if dims[0] < 0 else 0))
+    with pytest.raises(UserError, match=r"conv1: blob of shape .* corrupt"):
+        blob_array(blob, "conv1")
+
+
+def test_an_override_hydra_cannot_lex_gets_one_message(capsys):
+    check_command_line(["-m", "--config-name", "train", "--cfg", "job", "a=1", "+experiment=x",
+                        "crf.name='héllo'"])  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        check_command_line(["data.batch_size=4", "crf.name=héllo"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: the override 'crf.name=héllo' cannot be read") and "quote" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_misspelt_added_key_and_an_unlexable_value(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    common = [sys.executable, "src/train.py", "data=synthetic", f"hydra.run.dir={tmp_path}"]
+    for extra, expected in (
+        (["+data.bach_size=4"], "did you mean data.batch_size? Pass data.batch_size=4"),
+        (["data.root=dätä"], "the override 'data.root=dätä' cannot be read"),
+    ):
+        run = subprocess.run([*common, *extra], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 2, run.stderr
+        assert expected in run.stderr and "Traceback" not in run.stderr, run.stderr

@@ -6,6 +6,7 @@ with HYDRA_FULL_ERROR=1 it is re-raised with its traceback. Any other exception 
 keeps its traceback (Hydra prints it as usual).
 """
 
+import difflib
 import functools
 import os
 import sys
@@ -14,9 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deeplab.runtime.errors import UserError
 
@@ -38,6 +41,8 @@ def reports_user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if args and isinstance(args[0], DictConfig) and HydraConfig.initialized():
+                check_added_keys(args[0])
             return fn(*args, **kwargs)
         except Exception as err:
             if in_multirun():
@@ -49,6 +54,61 @@ def reports_user_errors(fn: Callable) -> Callable:
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
+
+
+def check_added_keys(cfg: DictConfig) -> None:
+    """Refuse `+key=value` where `key` is a misspelt setting. Hydra answers a typo (`data.bach_size
+    =4`) with "to append to your config use +data.bach_size=4"; followed, that advice adds a key
+    that nothing reads and the run goes on with the old value. Keys with no near namesake (a
+    Trainer argument, `+experiment=...` groups) are added as asked."""
+    hydra = HydraConfig.get()
+    for override in hydra.overrides.task:
+        if not override.startswith("+") or override.startswith("++") or "=" not in override:
+            continue
+        key, value = override[1:].split("=", 1)
+        if key in hydra.runtime.choices:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not isinstance(node, DictConfig):
+            continue
+        close = difflib.get_close_matches(leaf, [k for k in node if k != leaf], n=1, cutoff=0.8)
+        if close:
+            known = f"{parent}.{close[0]}" if parent else close[0]
+            raise UserError(
+                f"{override} adds a new key {key} that nothing reads (Hydra suggests '+' for any "
+                f"unknown key); did you mean {known}? Pass {known}={value}"
+            )
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Exit 2 with one message when a command-line override does not parse. Hydra reports it
+    before any of the project's code runs, as a lexer error pointing at a character (an unquoted
+    non-ASCII letter, a space, an unclosed bracket) and exit status 1. Entry scripts call this
+    before their `hydra.main` function."""
+    takes_value = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg",
+                   "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}  # fmt: skip
+    parser = OverridesParser.create()
+    previous = ""
+    for arg in argv:
+        option_value = previous in takes_value and "=" not in arg
+        previous = arg
+        if arg.startswith("-") or option_value:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            if full_error():
+                raise
+            reason = str(err).splitlines()[0].split(": ")[0]
+            print(
+                f"Error: the override {arg!r} cannot be read ({reason}): quote a value that "
+                "holds spaces, non-ASCII letters or brackets, e.g. \"key='a value'\" (the outer "
+                "quotes are for the shell)",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.exit(EXIT_USER_ERROR)
 
 
 def in_multirun() -> bool:
@@ -68,8 +128,8 @@ def record_failure(err: Exception) -> None:
         traceback.print_exc()
     hydra = HydraConfig.get()
     job = f"#{hydra.job.num} ({' '.join(hydra.overrides.task)})"
-    FAILED_JOBS.append((job, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
-                        user_error))  # fmt: skip
+    first_line = (str(err).splitlines() or [""])[0]
+    FAILED_JOBS.append((job, f"{type(err).__name__}: {first_line}", user_error))
 
 
 class FailedJobs(Callback):

@@ -50,6 +50,8 @@ def read_file(
     as "<what> <path> ...: <fix>". A UserError that `read` raises itself passes unchanged;
     `extra_errors` are more exception types that mean "unreadable" for this reader."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file: {fix}")
     if not path.is_file():
         raise MissingFileError(f"{what} {path} does not exist: {fix}")
     try:
