@@ -3,7 +3,10 @@
 `@reports_user_errors` goes under `@hydra.main` (Hydra unwraps it to find the config path) or on
 a `python -m` tool's `main`. A `UserError` prints `Error: <message>` on stderr and exits 2;
 with HYDRA_FULL_ERROR=1 it is re-raised with its traceback. Any other exception is a bug and
-keeps its traceback (Hydra prints it as usual).
+keeps its traceback (Hydra prints it as usual). In a multirun a failed job is recorded instead and
+`FailedJobs` lists them when the sweep ends. Command-line mistakes Hydra reports in its own words
+(an override it cannot lex, `+key` for a misspelt key) get the same one-message form:
+`check_command_line` in each entry script, `check_added_keys` in the wrapper.
 """
 
 import difflib
