@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deeplab.runtime.errors import UserError
+from deeplab.runtime.errors import UnwritableError
 
 # A disk or folder that refuses writes (full, quota, read-only, no permission, file too large)
 REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
@@ -29,7 +29,7 @@ def written_atomically(dst: Path) -> Iterator[Path]:
     except OSError as err:
         if err.errno not in REFUSED_WRITES:
             raise
-        raise UserError(
+        raise UnwritableError(
             f"could not write {dst} ({err.strerror or err}): free space on that disk or write "
             "to another folder; the files written before it are kept"
         ) from err
@@ -47,7 +47,7 @@ def check_writable(folder: str | Path, key: str) -> Path:
             probe.write(b"x")
             probe.flush()
     except OSError as err:
-        raise UserError(
+        raise UnwritableError(
             f"{key}={folder} cannot be written ({err.strerror or err}): pick a writable folder "
             "with free space"
         ) from None

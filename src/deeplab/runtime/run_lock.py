@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from deeplab.runtime.cli import EXIT_USER_ERROR
-from deeplab.runtime.errors import UserError
+from deeplab.runtime.errors import UnwritableError, UserError
 
 OWNER_FILE = ".owner"
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
@@ -103,8 +103,8 @@ def acquire(run_dir: str | Path) -> Path:
     raise UserError(f"could not take {path}: several runs are starting in {run_dir} at once")
 
 
-def unwritable(run_dir: Path, err: OSError) -> UserError:
-    return UserError(
+def unwritable(run_dir: Path, err: OSError) -> UnwritableError:
+    return UnwritableError(
         f"run directory {run_dir} cannot be written ({err.strerror or err}): nothing was run; "
         "point hydra.run.dir / hydra.sweep.dir at a writable folder with free space"
     )
