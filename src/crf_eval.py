@@ -6,6 +6,7 @@ design.md I6).
 protocol and table is `python -m deeplab.crf.search <dir>`.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,15 +15,21 @@ from omegaconf import DictConfig
 
 from deeplab.crf.search import load_split, score, score_setting
 from deeplab.engine.results import as_metrics, print_table, write_metrics
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress
+from deeplab.runtime.signals import exits_on_stop_signals
 
 
 @hydra.main(config_path="../conf", config_name="crf_eval", version_base="1.3")
 @reports_user_errors
 def main(cfg: DictConfig) -> float:
+    with exits_on_stop_signals("the CRF evaluation"):  # its workers and run lock go too
+        return evaluate_crf(cfg)
+
+
+def evaluate_crf(cfg: DictConfig) -> float:
     check_config(cfg)
     if cfg.crf is None:
         raise UserError("crf_eval needs a CRF: pass crf=deeplab_vgg16 or crf=deeplab_resnet101")
@@ -40,4 +47,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     main()

@@ -8,6 +8,8 @@ parameter models describe themselves in about a second. FOV = 8 * r * (k - 1) + 
 networks without an atrous head (FCN-8s, RefineNet) show "-" for kernel, rate and FOV.
 """
 
+import sys
+
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, open_dict
 
 import deeplab.data  # noqa: F401  data=folder: the resolver that reads the class count
 from deeplab.models.table1_columns import format_table, table1_columns
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 from deeplab.runtime.config_checks import check_config
 
 
@@ -34,4 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     main()

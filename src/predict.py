@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.engine.pipeline import predict
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
 
 
@@ -26,5 +26,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     sys.argv = with_checkpoint_overrides(sys.argv)  # the checkpoint's settings, then the user's
     main()

@@ -4,12 +4,14 @@ Fits, validates the final weights on the whole val split (and after the CRF when
 writes metrics.json, predictions and figures into the Hydra run directory.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.engine.pipeline import train
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     main()

@@ -1,5 +1,6 @@
 """Shared test fixtures: repo paths, configs and the real VOC sample beside the checkout."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Variables a caller's shell may hold that change what the code under test does: tracebacks instead
+# of one-line errors (HYDRA_FULL_ERROR), another data folder, wandb mode, a SLURM job or DDP rank
+# (the run lock and Lightning read them). Subprocesses inherit os.environ, so clearing it here
+# covers them too.
+CALLER_PREFIXES = ("HYDRA_", "DEEPLAB_", "WANDB_", "SLURM_", "SUBMITIT_")
+CALLER_NAMES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Run every test as on a fresh shell, whatever the caller exported."""
+    for name in list(os.environ):
+        if name.startswith(CALLER_PREFIXES) or name in CALLER_NAMES:
+            monkeypatch.delenv(name)

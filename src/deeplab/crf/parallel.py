@@ -2,8 +2,10 @@
 
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -44,10 +46,43 @@ def refine_many(
     if workers <= 1:
         out = list(_counted(map(pydensecrf_backend.refine_star, jobs), progress))
     else:
-        with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+        with worker_pool(workers) as pool:
             refined = pool.map(pydensecrf_backend.refine_star, jobs, chunksize=1)
             out = list(_counted(refined, progress))
     return [_like(q, p) for q, p in zip(out, probs, strict=True)]
+
+
+@contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers never outlive the block: on an error or a stop (SystemExit
+    from `deeplab.runtime.signals.exits_on_stop_signals`, Ctrl-C) they are killed, not waited for
+    (a worker refines one image for seconds, and the pool would start the queued ones first)."""
+    pool = new_pool(workers)
+    try:
+        yield pool
+    except BaseException:
+        kill_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def new_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` processes that leave Ctrl-C to the main process, which stops them."""
+    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_ignore_sigint)
+
+
+def kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool now: queued jobs dropped, running workers killed (they hold no state)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle <3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.kill()
+    for process in processes:
+        process.join(timeout=10)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _context():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
 
@@ -21,9 +22,10 @@ def save_probabilities(path, image, probs, mask) -> Path:
     if path.suffix != ".npz":  # names may hold dots (Cityscapes ids do not, but be safe)
         path = path.with_name(path.name + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path, image=image, probs=probs.astype(np.float16), mask=mask.astype(np.uint8)
-    )
+    with written_atomically(path) as tmp, open(tmp, "wb") as file:  # a file: no .npz added
+        np.savez_compressed(
+            file, image=image, probs=probs.astype(np.float16), mask=mask.astype(np.uint8)
+        )
     return path
 
 
@@ -40,7 +42,8 @@ def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(path) as data:  # members decompress on access: read them inside read_file
+    # allow_pickle=False: an object array would unpickle (run code) from a handed file
+    with np.load(path, allow_pickle=False) as data:  # members decompress on access: read here
         missing = {"image", "probs", "mask"} - set(data.files)
         if missing:
             raise UserError(

@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor, wait
 
 from deeplab.crf import pydensecrf_backend
 from deeplab.crf.dense_crf import DenseCRF, _numpy_image, _numpy_probs, check_inputs
-from deeplab.crf.parallel import _context, refine_many
+from deeplab.crf.parallel import kill_workers, new_pool, refine_many
 
 
 class RefineQueue:
@@ -46,7 +46,7 @@ class RefineQueue:
             self._buffer.append((key, image, scores))
             return self._refine_buffer() if len(self._buffer) >= self.chunk else []
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=_context())
+            self._pool = new_pool(self.workers)
         job = (_numpy_image(image), _numpy_probs(scores), self.crf.params, self.kind)
         self._running.append((key, self._pool.submit(pydensecrf_backend.refine_star, job)))
         if len(self._running) > self.max_pending:
@@ -59,13 +59,18 @@ class RefineQueue:
         try:
             wait([future for _, future in self._running])
             out += self._finished()
-        finally:
-            self.close()
+        except BaseException:  # a worker's error, a stop: workers killed, not waited for
+            self.close(kill=True)
+            raise
+        self.close()
         return out
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            if kill:
+                kill_workers(self._pool)
+            else:
+                self._pool.shutdown(cancel_futures=True)
             self._pool = None
         self._running.clear()
 

@@ -25,10 +25,11 @@ from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
 from deeplab.data.classes import VOC_CLASSES
 from deeplab.data.metrics import confusion_matrix, scores
-from deeplab.runtime.atomic import written_atomically
+from deeplab.runtime.atomic import check_writable, written_atomically
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress, track
+from deeplab.runtime.signals import exits_on_stop_signals
 from deeplab.runtime.wandb_runs import PROJECT, RunIdentity, folder_id, start_run
 
 COARSE = {
@@ -256,6 +257,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 @reports_user_errors
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    with exits_on_stop_signals("the CRF search", "run the same command again: settings "
+                               "already scored are read back from the .jsonl log"):  # fmt: skip
+        return run_search(args)
+
+
+def run_search(args: argparse.Namespace) -> dict:
+    """The search `main` starts, with its arguments parsed."""
     backend = args.backend or default_backend()
     grid = {a: getattr(args, a) for a in AXES}
     fine = None
@@ -270,6 +278,7 @@ def main(argv=None) -> dict:
     # Before the (long) loading, so that a log of another search is refused at once.
     out = args.out or Path(args.probs_dir) / "crf_search.json"
     names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
+    check_writable(out.parent, "--out")
     log = ScoreLog(out.with_suffix(".jsonl"), {**crf_kwargs, "images": names}, args.restart)
     images, probs, masks = load_split(args.probs_dir, args.limit or None)
     unary = score(probs, masks)

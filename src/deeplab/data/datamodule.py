@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from deeplab.data import classes
 from deeplab.data.dataset import SegmentationDataset, read_ids
+from deeplab.data.images import MAX_PIXELS
 from deeplab.data.resumable import ResumableLoader
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD, pad_collate, train_transform
@@ -51,6 +52,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         limit_val: int | None = None,
         train_split: str = "train",
         val_split: str = "val",
+        max_pixels: int | None = MAX_PIXELS,
     ):
         super().__init__()
         num_classes = len(self.class_names) if num_classes is None else num_classes
@@ -64,7 +66,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.palette = classes.voc_palette()
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.crop_size = crop_size
+        self.crop_size, self.max_pixels = crop_size, max_pixels
         self.augment = dict(
             scale_mode=random_scale, scale_range=tuple(scale_range), scales=tuple(scales), flip=flip
         )
@@ -103,7 +105,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The dataset over `ids`; a data set without path templates overrides it."""
         _, image_template, mask_template = self.templates(stage)
         return SegmentationDataset(
-            ids, image_template, mask_template, self.num_classes, self.mean, self.std, transform
+            ids,
+            image_template,
+            mask_template,
+            self.num_classes,
+            self.mean,
+            self.std,
+            transform,
+            self.max_pixels,
         )
 
     def check_root(self) -> None:
@@ -119,6 +128,21 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.train_set = self.dataset("train")
         if stage in (None, "fit", "validate", "test") and self.val_set is None:
             self.val_set = self.dataset("val")
+        if stage in (None, "fit"):
+            self.warn_overlap()
+
+    def warn_overlap(self) -> None:
+        """Warn when val images are also trained on: the val scores would be optimistic."""
+        both = sorted(set(self.train_set.ids) & set(self.val_set.ids))
+        if both:
+            log.warning(
+                "%d val ids of %s are also in the training split %s (%s): the val scores will "
+                "be optimistic; remove them from one of the lists",
+                len(both),
+                self.templates("val")[0],
+                self.templates("train")[0],
+                ", ".join(both[:5]),
+            )
 
     def train_dataloader(self) -> DataLoader:
         """Whole batches only, as Caffe never makes a partial one (the last few images of an

@@ -5,6 +5,8 @@ templates (see `datamodule.py`). Masks are read as palette indices through PIL (
 through OpenCV, whose colour conversion would silently turn VOC labels into RGB values.
 """
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,29 +16,72 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from deeplab.data.classes import IGNORE_INDEX, voc_palette
-from deeplab.data.images import exif_turned, read_rgb
+from deeplab.data.images import MAX_PIXELS, check_size, exif_turned, read_rgb
 from deeplab.data.normalization import normalize
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
 
+log = logging.getLogger(__name__)
+
 
 def read_ids(list_file: Path, limit: int | None = None) -> list[str]:
-    """Ids of a split list (one per line; VOC's extra columns are dropped), first `limit` only."""
-    text = read_file(Path.read_text, list_file, "split list", "run the prepare command again")
-    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not ids:
+    """Ids of a split list (one per line; VOC's extra columns are dropped), first `limit` only.
+
+    A UTF-8 BOM and CRLF line ends (lists saved on Windows) are read. Ids name the files read
+    and the files written (predictions, saved probabilities) under their folders, so one that
+    could leave its folder (`..`, an absolute path, a backslash) is refused naming the line;
+    repeated ids are warned about (their images would count twice in the scores).
+    """
+    text = read_file(
+        lambda p: p.read_text(encoding="utf-8-sig"),
+        list_file,
+        "split list",
+        "run the prepare command again",
+    )
+    numbered = [(n, line.split()[0]) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
         raise UserError(f"split list {list_file} is empty: re-run the prepare command")
+    for number, name in numbered:
+        check_id(name, f"split list {list_file} line {number}")
+    ids = [name for _, name in numbered]
+    repeated = sorted({name for name, count in Counter(ids).items() if count > 1})
+    if repeated:
+        log.warning(
+            "split list %s repeats %d ids (%s): their images count more than once",
+            list_file,
+            len(repeated),
+            ", ".join(repeated[:5]),
+        )
     return ids[:limit] if limit is not None else ids
 
 
-def read_mask(path: Path) -> np.ndarray:
+def check_id(name: str, where: str) -> None:
+    """Raise UserError unless `name` is a relative path that stays inside its folder: plain
+    names, or sub-folders joined by '/' (Cityscapes' `city/image` ids)."""
+    parts = name.split("/")
+    if "\\" in name or "\0" in name or any(part in ("", ".", "..") for part in parts):
+        raise UserError(
+            f"{where}: id {name!r} would name a file outside its folder (ids are relative "
+            "names: no '..', '.', leading '/', empty part or backslash); fix the list or "
+            "regenerate it with the prepare command"
+        )
+
+
+def read_mask(path: Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     """Class indices (H, W) uint8 from a palette (P) or grey (L) PNG: the palette's indices,
-    never its colours; any other mode (RGB colours, 16-bit, alpha) is refused naming the file."""
-    return read_file(_decode_mask, path, "mask", "re-extract the data set (prepare command)")
+    never its colours; any other mode (RGB colours, 16-bit, alpha) is refused naming the file,
+    as is one of more than `max_pixels` pixels."""
+    return read_file(
+        lambda p: _decode_mask(p, max_pixels),
+        path,
+        "mask",
+        "re-extract the data set (prepare command)",
+    )
 
 
-def _decode_mask(path: Path) -> np.ndarray:
+def _decode_mask(path: Path, max_pixels: int | None) -> np.ndarray:
     with Image.open(path) as img:
+        check_size(img, path, max_pixels)
         if img.mode not in ("P", "L"):
             raise UserError(
                 f"mask {path} has PIL mode {img.mode}; masks must be 8-bit palette (P) or grey "
@@ -72,8 +117,9 @@ class SegmentationDataset(Dataset):
         mean,
         std,
         transform: Callable | None = None,
+        max_pixels: int | None = MAX_PIXELS,
     ):
-        self.ids = ids
+        self.ids, self.max_pixels = ids, max_pixels
         self.image_template, self.mask_template = image_template, mask_template
         self.num_classes, self.mean, self.std = num_classes, mean, std
         self.transform = transform
@@ -93,7 +139,7 @@ class SegmentationDataset(Dataset):
 
     def read_mask(self, path: Path) -> np.ndarray:
         """Class indices with 255 for void; a data set with its own mask format overrides it."""
-        return read_mask(path)
+        return read_mask(path, self.max_pixels)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,7 +147,7 @@ class SegmentationDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw uint8 RGB image and checked mask of one sample, at original size."""
         name = self.ids[index]
-        image = read_rgb(self.image_path(name))
+        image = read_rgb(self.image_path(name), self.max_pixels)
         mask = self.read_mask(self.mask_path(name))
         if image.shape[:2] != mask.shape:
             turned = image.shape[1::-1] == mask.shape and exif_turned(self.image_path(name))

@@ -31,14 +31,38 @@ HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 FIX = "convert it to an 8-bit RGB JPEG or PNG, or remove it"
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of an image file; a file it cannot read as a picture raises a
-    UserError naming it (MissingFileError when it does not exist)."""
-    return read_file(_decode, path, "image", FIX, extra_errors=(Image.DecompressionBombError,))
+# Largest image decoded (width x height), checked from the header before any pixel is read: a
+# 420 KB PNG of 12000 x 12000 pixels decodes to 432 MB and took predict.py past 8 GB. 100 MP is
+# above any camera and data set used here (Cityscapes: 2 MP); `data.max_pixels` changes it.
+MAX_PIXELS = 100_000_000
 
 
-def _decode(path: Path) -> np.ndarray:
+def read_rgb(path: str | Path, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an image file; a file it cannot read as a picture, or one of more
+    than `max_pixels` pixels (None: no limit), raises a UserError naming it (MissingFileError
+    when it does not exist)."""
+    return read_file(
+        lambda p: _decode(p, max_pixels),
+        path,
+        "image",
+        FIX,
+        extra_errors=(Image.DecompressionBombError,),
+    )
+
+
+def check_size(img: Image.Image, path, max_pixels: int | None) -> None:
+    """Refuse an opened (not yet decoded: PIL reads the header only) image above the limit."""
+    if max_pixels and img.width * img.height > max_pixels:
+        raise UserError(
+            f"image {path} is {img.width} x {img.height} pixels ({img.width * img.height / 1e6:.0f}"
+            f" MP), more than the limit of {max_pixels / 1e6:g} MP (data.max_pixels), so it was "
+            "not decoded: shrink it, or raise data.max_pixels if the memory is there"
+        )
+
+
+def _decode(path: Path, max_pixels: int | None) -> np.ndarray:
     with Image.open(path) as img:
+        check_size(img, path, max_pixels)
         img.seek(0)  # multi-frame files: the first frame
         white = white_level(img)  # from the file's own tags, which the turned copy loses
         return to_rgb(ImageOps.exif_transpose(img), path, white)

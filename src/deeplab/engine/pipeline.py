@@ -18,10 +18,12 @@ from deeplab.data.images import read_rgb
 from deeplab.data.normalization import normalize
 from deeplab.engine import speed, visuals
 from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
+from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, print_table, write_metrics
 from deeplab.engine.test_time import probabilities, wrap
+from deeplab.runtime.atomic import check_writable
 from deeplab.runtime.config import instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
@@ -32,7 +34,8 @@ from deeplab.weights import conventions
 from deeplab.weights.checkpoint import check_readable, load_network
 from deeplab.weights.checkpoint_overrides import run_overrides
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# What predict.py reads from a folder: every format `read_rgb` decodes (other files are listed)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -123,12 +126,16 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         + ([LearningRateMonitor(logging_interval="step")] if loggers else [])
     )
     trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     with exit_on_sigterm(trainer, stop):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
         # max_steps need not end on a validation: make last.ckpt the weights metrics.json scores.
         trainer.save_checkpoint(last, weights_only=False)  # resumable
 
@@ -197,12 +204,14 @@ def save_samples(samples: dict, palette: np.ndarray, run_dir: Path) -> None:
         if "crf" in sample:
             visuals.save_mask(out / f"{name}_crf.png", sample["crf"], palette)
     fig = visuals.comparison_figure(samples, palette)
-    fig.savefig(run_dir / "figure.png", dpi=100)
+    visuals.save_figure(run_dir / "figure.png", fig, dpi=100)
 
 
 def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -> dict:
     """Score a checkpoint on the val split (test-time options in cfg.tta), save metrics.json."""
     check_run_config(cfg)
+    if cfg.get("save_probs"):  # before the network runs over the whole split
+        check_writable(cfg.save_probs, "save_probs")
     run_dir = Path(run_dir)
     datamodule = instantiate(cfg.data)
     net = trained_network(cfg, datamodule)
@@ -224,17 +233,24 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     return metrics
 
 
-def image_files(path: str | Path) -> list[Path]:
-    """One image, or every image in a folder (sorted); a clear error when there is none."""
+def image_files(path: str | Path) -> tuple[list[Path], dict[Path, str]]:
+    """One image, or every image in a folder (sorted), and why each other file of the folder is
+    not read (so that none is skipped unsaid); a clear error when there is no image."""
     path = Path(path)
     if path.is_file():
-        return [path]
-    files = sorted(p for p in path.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return [path], {}
+    found = sorted(p for p in path.glob("*") if p.is_file())
+    files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise MissingFileError(
             f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
         )
-    return files
+    others = {
+        p: f"{p} is not read: its suffix is not one of {sorted(IMAGE_SUFFIXES)}"
+        for p in found
+        if p not in files
+    }
+    return files, others
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
@@ -263,11 +279,12 @@ class SkippedImages(UserError):
 @torch.no_grad()
 def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
-    `<name>` from `output_names`. An unreadable image is skipped (named on stderr) and the others
-    are still done; then SkippedImages lists them. Returns the masks written."""
+    `<name>` from `output_names`. An unreadable image, or one above `data.max_pixels`, is skipped
+    (named on stderr) and the others are still done; then SkippedImages lists them with the
+    folder's files that are not images. Returns the masks written."""
     check_run_config(cfg)
-    out = Path(cfg.get("output_dir") or run_dir)
-    files = image_files(cfg.input)
+    out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
+    files, skipped = image_files(cfg.input)
     names = output_names(files)
     datamodule = instantiate(cfg.data)  # class count, palette, normalization only
     device = torch.device(
@@ -278,10 +295,10 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     crf = instantiate(cfg.crf) if cfg.get("crf") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
-    written, skipped = [], {}
+    written = []
     for path in track(files, "predicting", unit="images"):
         try:
-            rgb = read_rgb(path)
+            rgb = read_rgb(path, datamodule.max_pixels)
         except UserError as err:
             print(f"skipped: {err}", file=sys.stderr)
             skipped[path] = str(err)

@@ -6,6 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from deeplab.runtime.atomic import written_atomically
+
 SUMMARY = ("mIoU", "pixel_acc", "mean_acc", "fwIoU")
 
 
@@ -15,7 +17,8 @@ def as_metrics(results: dict) -> dict:
 
 
 def write_metrics(path: Path, metrics: dict) -> None:
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    with written_atomically(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def print_table(metrics: dict, title: str = "Validation (whole split, %)") -> None:

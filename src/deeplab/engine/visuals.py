@@ -7,6 +7,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from deeplab.runtime.atomic import written_atomically
+
 
 def new_figure(**kwargs) -> Figure:
     """A figure drawn by Agg, outside pyplot: no display needed on training machines, nothing to
@@ -35,11 +37,26 @@ def save_mask(path: Path, mask: np.ndarray, palette: np.ndarray) -> None:
     """A palette PNG (mode P) as VOC stores its labels: pixel values are the class ids."""
     image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
     image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    image.save(path)
+    save_image(path, image)
 
 
 def save_rgb(path: Path, rgb: np.ndarray) -> None:
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(path)
+    save_image(path, Image.fromarray(np.asarray(rgb, dtype=np.uint8)))
+
+
+def save_image(path: Path, image: Image.Image) -> None:
+    """Write `image` whole or not at all (a stopped run leaves no 0-byte PNG that looks done),
+    in the format its suffix names; sub-folder names (Cityscapes' `city/image`) get their folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with written_atomically(path) as tmp:
+        image.save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
+
+
+def save_figure(path: Path, fig: Figure, **kwargs) -> None:
+    """`fig.savefig` through a temporary name beside `path`."""
+    with written_atomically(Path(path)) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix[1:], **kwargs)
 
 
 def side_by_side(sample: dict, palette: np.ndarray) -> np.ndarray:

@@ -1,9 +1,17 @@
-"""Write a file so that an interruption (killed job, full disk) never leaves half of it."""
+"""Write a file so that an interruption (killed job, full disk) never leaves half of it, and say
+which folder refused a write in one message."""
 
+import errno
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from deeplab.runtime.errors import UnwritableError
+
+# A disk or folder that refuses writes (full, quota, read-only, no permission, file too large)
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @contextmanager
@@ -11,11 +19,36 @@ def written_atomically(dst: Path) -> Iterator[Path]:
     """Yield a temporary path beside `dst`, renamed to `dst` only once the block completes.
 
     A half-written `dst` would look done to a rerun that skips existing files; the temporary name
-    (hidden, `.tmp`) is removed when the block fails."""
+    (hidden, `.tmp`) is removed when the block fails, and what was written before stays. A full
+    disk or a folder that refuses writes ends in a UserError naming `dst`."""
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
         yield tmp
         os.replace(tmp, dst)
+    except OSError as err:
+        if err.errno not in REFUSED_WRITES:
+            raise
+        raise UnwritableError(
+            f"could not write {dst} ({err.strerror or err}): free space on that disk or write "
+            "to another folder; the files written before it are kept"
+        ) from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: str | Path, key: str) -> Path:
+    """Create `folder` if needed and write a probe file in it, before any work: a read-only or
+    full disk found after an hour of computing would lose that hour. `key` names the setting."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as err:
+        raise UnwritableError(
+            f"{key}={folder} cannot be written ({err.strerror or err}): pick a writable folder "
+            "with free space"
+        ) from None
+    return folder

@@ -119,6 +119,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         optional(positive_int),
         "null (all) or an integer >= 1, e.g. data.limit_val=100",
     ),
+    (
+        "data.max_pixels",
+        optional(positive_int),
+        "null (no limit) or an integer >= 1, e.g. data.max_pixels=100000000",
+    ),
     ("data.num_train", positive_int, "an integer >= 1, e.g. data.num_train=240"),
     ("data.num_val", positive_int, "an integer >= 1, e.g. data.num_val=50"),
     ("data.image_size", positive_int, "an image side in pixels >= 1, e.g. data.image_size=128"),

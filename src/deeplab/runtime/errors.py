@@ -13,3 +13,7 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A path the user gave (data root, checkpoint, weights, image) does not exist."""
+
+
+class UnwritableError(UserError, OSError):
+    """A folder or disk refused a write (read-only, no permission, full, quota)."""

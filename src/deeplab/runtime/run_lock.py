@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from deeplab.runtime.cli import EXIT_USER_ERROR
-from deeplab.runtime.errors import UserError
+from deeplab.runtime.errors import UnwritableError, UserError
 
 OWNER_FILE = ".owner"
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
@@ -74,10 +74,10 @@ def read_owner(path: Path) -> dict:
 def acquire(run_dir: str | Path) -> Path:
     """Make `run_dir` this process's, or raise a UserError when a live run owns it."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / OWNER_FILE
     for _ in range(3):  # a stale file removed by another starter in between: try again
         try:
+            run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             owner = read_owner(path)
@@ -90,11 +90,24 @@ def acquire(run_dir: str | Path) -> Path:
                 ) from None
             path.unlink(missing_ok=True)
             continue
-        with os.fdopen(fd, "w") as file:
-            json.dump(me(), file)
+        except OSError as err:  # read-only, no permission, a file in the way
+            raise unwritable(run_dir, err) from None
+        try:
+            with os.fdopen(fd, "w") as file:
+                json.dump(me(), file)
+        except OSError as err:  # full disk or quota: never leave an empty owner file
+            path.unlink(missing_ok=True)
+            raise unwritable(run_dir, err) from None
         atexit.register(release, path)  # also when the run ends by sys.exit (SIGTERM)
         return path
     raise UserError(f"could not take {path}: several runs are starting in {run_dir} at once")
+
+
+def unwritable(run_dir: Path, err: OSError) -> UnwritableError:
+    return UnwritableError(
+        f"run directory {run_dir} cannot be written ({err.strerror or err}): nothing was run; "
+        "point hydra.run.dir / hydra.sweep.dir at a writable folder with free space"
+    )
 
 
 def release(path: Path) -> None:

@@ -29,6 +29,7 @@ from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 EXIT_SIGTERM = 143
+EXIT_SIGINT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 PREEMPT_SIGNAL_ENV = "SUBMITIT_PREEMPT_SIGNAL"  # submitit's choice of requeue signal (USR2)
 
 
@@ -112,3 +113,30 @@ def exit_on_sigterm(trainer: pl.Trainer, stop: SaveOnSigterm):
     finally:
         if holding:
             signal.signal(requeue, launcher)
+
+
+@contextmanager
+def exits_on_stop_signals(what: str, rerun: str = "run the same command again"):
+    """For tools that start worker processes (the CRF search, crf_eval): SIGTERM or SIGINT ends
+    the block with SystemExit 143 / 130 and one line. Without it SIGTERM killed the main process
+    alone: its pool workers went on computing for minutes, holding stdout open (`| tee` hung),
+    and the run lock's `.owner` stayed. The SystemExit unwinds through the pools' `with` blocks
+    (`deeplab.crf.parallel.worker_pool` kills their workers) and runs atexit handlers (the lock)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        for sig in handled:  # a second signal while stopping must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        print(f"Stopped by {name}: {what} did not finish; {rerun}.", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT)
+
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

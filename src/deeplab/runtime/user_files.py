@@ -6,12 +6,14 @@ never say which file. `read_file` runs the reader and turns those errors into on
 """
 
 import pickle
+import re
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
 import yaml
 
 from deeplab.runtime.errors import MissingFileError, UserError
@@ -48,6 +50,8 @@ def read_file(
     as "<what> <path> ...: <fix>". A UserError that `read` raises itself passes unchanged;
     `extra_errors` are more exception types that mean "unreadable" for this reader."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory, not a file: {fix}")
     if not path.is_file():
         raise MissingFileError(f"{what} {path} does not exist: {fix}")
     try:
@@ -59,3 +63,34 @@ def read_file(
             f"{what} {path} cannot be read ({first_sentence(err)}): the file is truncated, corrupt "
             f"or of another kind; {fix}"
         ) from err
+
+
+def read_tensors(path: str | Path, what: str, fix: str, mmap: bool = False):
+    """A torch file's tensors, numbers, strings and containers, or a UserError naming it.
+
+    Read with torch's restricted unpickler (`weights_only=True`): a handed checkpoint or weights
+    file cannot run code, and one that holds other Python objects is refused, never loaded with
+    the check turned off. `mmap` leaves the tensors on disk (to look at a file's keys only); it
+    applies to torch's zip format, older single-pickle files are read whole.
+    """
+
+    def load(p: Path):
+        try:
+            return torch.load(
+                p, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(p)
+            )
+        except pickle.UnpicklingError as err:
+            raise UserError(
+                f"{what} {p} was refused: it holds Python objects other than tensors, numbers, "
+                f"strings and containers ({_refused_part(err)}), which could run code when "
+                f"loaded, so it is not read; {fix}"
+            ) from None
+
+    return read_file(load, path, what, fix)
+
+
+def _refused_part(err: pickle.UnpicklingError) -> str:
+    """What torch's restricted unpickler refused ("GLOBAL posix.system"), without its advice to
+    load the file unrestricted."""
+    found = re.search(r"(GLOBAL [\w.]+)|(Unsupported [^\n.]+)", str(err))
+    return found.group(0) if found else "an object torch does not allow"

@@ -3,6 +3,7 @@ experiments/tables.py."""
 
 from pathlib import Path
 
+from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.errors import UserError
 from deeplab.tables.build import RowResult, build_rows
 from deeplab.tables.paper import TABLES
@@ -34,7 +35,8 @@ def write_table(spec: TableSpec, results: list[RowResult], out_dir: Path) -> str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(spec, results)
-    (out_dir / f"{spec.name}.md").write_text(text)
+    with written_atomically(out_dir / f"{spec.name}.md") as tmp:
+        tmp.write_text(text)
     write_csv(spec, results, out_dir / f"{spec.name}.csv")
     write_png(spec, results, out_dir / f"{spec.name}.png")
     return text

@@ -3,7 +3,8 @@
 import csv
 from pathlib import Path
 
-from deeplab.engine.visuals import new_figure
+from deeplab.engine.visuals import new_figure, save_figure
+from deeplab.runtime.atomic import written_atomically
 from deeplab.tables.build import RowResult
 from deeplab.tables.spec import TableSpec
 
@@ -47,7 +48,7 @@ def markdown(spec: TableSpec, results: list[RowResult]) -> str:
 
 
 def write_csv(spec: TableSpec, results: list[RowResult], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with written_atomically(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(_header(spec))
         writer.writerows(_cells(spec, r) for r in results)
@@ -103,4 +104,4 @@ def write_png(spec: TableSpec, results: list[RowResult], path: Path) -> None:
     ax.set_title(spec.title, fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(path, fig, dpi=120)

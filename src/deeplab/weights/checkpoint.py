@@ -5,12 +5,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from deeplab.runtime.config import hydra_value
 from deeplab.runtime.errors import UserError
-from deeplab.runtime.user_files import read_file
+from deeplab.runtime.user_files import read_file, read_tensors
 from deeplab.weights.checkpoint_overrides import differences, fix_overrides
 from deeplab.weights.conventions import converted_checkpoint, is_converted
 
@@ -167,18 +166,15 @@ def checked_state(
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     """A checkpoint file's contents, or a UserError naming the file (missing, truncated, not a
     checkpoint) and `key`, the setting that points at it."""
-    return read_file(
-        lambda p: torch.load(p, map_location="cpu", weights_only=False),
-        path,
-        "checkpoint",
-        _fix(key),
-    )
+    return read_tensors(path, "checkpoint", _fix(key))
 
 
 def check_readable(path: str | Path, key: str = "ckpt_path") -> None:
     """Raise UserError unless `path` is a whole checkpoint archive (torch writes zip files; a
-    truncated copy has lost its central directory), without loading its tensors."""
+    truncated copy has lost its central directory) of tensors and plain values only, without
+    loading its tensors: Lightning reads it later, in torch's words."""
     read_file(lambda p: zipfile.ZipFile(p).close(), path, "checkpoint", _fix(key))
+    read_tensors(path, "checkpoint", _fix(key), mmap=True)
 
 
 def _fix(key: str) -> str:
@@ -194,7 +190,6 @@ def load_network(
     model: dict | None = None,
 ) -> nn.Module:
     """Load a training checkpoint's weights into `net` after `checked_state`'s checks."""
-    # Our own Lightning checkpoints hold optimizer and loop state besides tensors.
     checkpoint = read_checkpoint(path)
     net.load_state_dict(checked_state(checkpoint, net, num_classes, mean, std, model, path))
     return net

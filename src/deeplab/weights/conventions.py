@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from deeplab.runtime.errors import UserError
+from deeplab.runtime.user_files import read_tensors
 
 # The Caffe models' BGR mean (104.008, 116.669, 122.675) in RGB order; no std scaling
 # (paper.md §12). The data sets default to it.
@@ -80,6 +80,13 @@ def of_converted(converted: dict) -> Convention:
     )
 
 
+PRETRAINED = "model.backbone.pretrained weights file"
+PRETRAINED_FIX = (
+    "download the weights (docs/models.md 'ImageNet weights', docs/caffe.md 'Released models') "
+    "or set model.backbone.pretrained=null"
+)
+
+
 def is_converted(obj) -> bool:
     return isinstance(obj, dict) and "overrides" in obj and "state_dict" in obj
 
@@ -91,7 +98,7 @@ def of_file(path: str | Path) -> Convention:
         return CAFFE
     if not path.is_file():
         return TORCHVISION  # the loader names the missing file
-    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    obj = read_tensors(path, PRETRAINED, PRETRAINED_FIX, mmap=True)
     return of_converted(obj) if is_converted(obj) else TORCHVISION
 
 

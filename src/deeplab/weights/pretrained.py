@@ -21,9 +21,9 @@ from deeplab.models.heads import VGGBranch
 from deeplab.models.resnet import ResNet
 from deeplab.models.vgg import VGGFeatures
 from deeplab.runtime.errors import UserError
-from deeplab.runtime.user_files import read_file
+from deeplab.runtime.user_files import read_tensors
 from deeplab.weights.caffe.converter import convert
-from deeplab.weights.conventions import is_converted, of_converted
+from deeplab.weights.conventions import PRETRAINED, PRETRAINED_FIX, is_converted, of_converted
 
 Transform = Callable[[Tensor], Tensor]
 Plan = list[tuple[str, str, Transform]]
@@ -42,14 +42,7 @@ def read_weights(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if path.suffix == ".caffemodel" and path.is_file():
         return convert(path)
-    state = read_file(
-        lambda p: torch.load(p, map_location="cpu", weights_only=True),
-        path,
-        "model.backbone.pretrained weights file",
-        "download the weights (docs/models.md 'ImageNet weights', docs/caffe.md 'Released "
-        "models') or set "
-        "model.backbone.pretrained=null",
-    )
+    state = read_tensors(path, PRETRAINED, PRETRAINED_FIX)
     if is_converted(state):
         return state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

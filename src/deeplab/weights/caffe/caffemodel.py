@@ -1,5 +1,6 @@
 """Read a `.caffemodel` into named layers holding numpy blobs, in either layer format."""
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,12 @@ def blob_array(blob, where: str) -> np.ndarray:
         shape = (blob.num, blob.channels, blob.height, blob.width)
     values = blob.double_data if len(blob.double_data) else blob.data
     data = np.asarray(values, dtype=np.float64 if len(blob.double_data) else np.float32)
-    if data.size != int(np.prod(shape)):
-        raise UserError(f"{where}: blob of shape {shape} holds {data.size} values")
+    # math.prod: exact Python integers (np.prod wraps around on a forged shape and could match)
+    if any(d < 0 for d in shape) or data.size != math.prod(shape):
+        raise UserError(
+            f"{where}: blob of shape {shape} holds {data.size} values: the file is corrupt or "
+            "not a Caffe model"
+        )
     return data.reshape(shape)
 
 
