@@ -24,12 +24,12 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_sgd
+from deeplab.runtime.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 # row name -> (conf/model file, conf/backbone file, msc)
@@ -49,10 +49,9 @@ NUM_CLASSES = 21
 def build(name: str, width_mult: float) -> torch.nn.Module:
     """The network of a row, from the same config files `train.py` composes."""
     model, backbone, msc = MODELS[name]
-    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{model}.yaml")
-    cfg.num_classes, cfg.width_mult, cfg.msc = NUM_CLASSES, width_mult, msc
-    cfg.backbone = OmegaConf.load(REPO / "conf" / "backbone" / f"{backbone}.yaml")
-    return hydra.utils.instantiate(cfg)
+    overrides = [f"model={model}", f"backbone={backbone}", f"data.num_classes={NUM_CLASSES}"]
+    overrides += [f"model.width_mult={width_mult}", f"model.msc={str(msc).lower()}"]
+    return hydra.utils.instantiate(compose("train", overrides).model)
 
 
 def step_flops(name: str, width_mult: float, crop: int, batch: int) -> int:
