@@ -13,7 +13,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from rich.console import Console
-from test_crf import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from deeplab.crf import (
     DenseCRF,
@@ -24,6 +23,8 @@ from deeplab.crf import (
 )
 from deeplab.crf.search import confusion, main
 from deeplab.runtime.progress import Progress
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -109,8 +110,9 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(probs_dir, ca
     full = main([*common, "--bi-xy-std", "20", "--out", str(probs_dir / "full.json")])
     out = probs_dir / "resumed.json"
     # A fault at the second setting (an invalid value), after the first one was scored:
-    with pytest.raises(ValueError, match="bi_xy_std=-1.0 must be > 0"):
+    with pytest.raises(SystemExit):  # the UserError's message alone, exit 2
         main([*common, "--bi-xy-std", "20", "-1", "--out", str(out)])
+    assert "crf.bi_xy_std=-1.0 is invalid" in capsys.readouterr().err
     log = out.with_suffix(".jsonl")
     assert len(log.read_text().splitlines()) == 2  # the header and the one setting scored
     with open(log, "a") as f:

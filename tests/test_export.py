@@ -14,12 +14,12 @@ import torch
 from omegaconf import OmegaConf
 
 from deeplab.data.classes import SYNTHETIC_CLASSES, voc_palette
-from deeplab.data.transforms import normalize
+from deeplab.data.normalization import normalize
 from deeplab.engine.test_time import probabilities
 from deeplab.export import export, main
 from deeplab.runtime.config import compose
 from deeplab.runtime.errors import MissingFileError, UserError
-from deeplab.weights.checkpoint import describe
+from deeplab.weights.checkpoint import checkpoint_record
 
 REPO = Path(__file__).resolve().parents[1]
 HEADS = ["largefov", "aspp_l", "aspp_s", "fov_7x7_r4", "fov_4x4_r4", "fov_4x4_r8"]
@@ -64,7 +64,7 @@ def make_checkpoint(overrides: list[str], path: Path) -> tuple[torch.nn.Module, 
         for p in net.classifier_parameters():  # logits are linear in these
             p.mul_(10 / probe)
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    meta = describe(net, 7, MEAN, STD, model, SYNTHETIC_CLASSES, voc_palette())
+    meta = checkpoint_record(net, 7, MEAN, STD, model, None, SYNTHETIC_CLASSES, voc_palette())
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     torch.save({"state_dict": state, "deeplab": meta}, path)
     return net, path

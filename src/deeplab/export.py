@@ -61,7 +61,7 @@ class Exported(nn.Module):
 
 
 def read_weights(path: str | Path) -> tuple[dict, dict]:
-    """(the network's state dict, the checkpoint's record: `checkpoint.describe`) of a train.py
+    """(the network's state dict, its `checkpoint_record`) of a train.py
     checkpoint or a converted Caffe file, loaded with weights_only=True."""
     fix = "pass a .ckpt written by train.py or a .pth written by python -m deeplab.convert"
     checkpoint = read_file(

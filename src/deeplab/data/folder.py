@@ -24,6 +24,7 @@ from deeplab.data import classes
 from deeplab.data.class_list import ClassList, read_classes, read_lines
 from deeplab.data.datamodule import SegmentationDataModule
 from deeplab.data.dataset import SegmentationDataset
+from deeplab.data.images import check_size
 from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
@@ -110,6 +111,7 @@ class FolderDataset(SegmentationDataset):
 
     def _decode(self, path: Path) -> np.ndarray:
         with Image.open(path) as img:
+            check_size(img, path, self.max_pixels)  # before decoding, as every image
             if img.mode in ("RGB", "RGBA"):
                 return self.from_colours(np.array(img.convert("RGB")), path)
             if img.mode in ("P", "PA", "L", "LA", "1", "I", "I;16"):
