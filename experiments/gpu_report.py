@@ -50,7 +50,7 @@ from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_optimizer
 from deeplab.engine.test_time import resize, wrap
-from deeplab.runtime.config import compose
+from deeplab.runtime.config import compose, network_config
 from deeplab.tables.paper import SPEED, TABLE1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -390,7 +390,7 @@ def build_net(run: Run, cfg) -> torch.nn.Module:
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     with run.device:
-        net = instantiate(cfg.model)
+        net = instantiate(network_config(cfg.model))
     return speed.apply(net, cfg.speed)
 
 
