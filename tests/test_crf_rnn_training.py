@@ -47,6 +47,7 @@ def layer_state(ckpt) -> dict:
     return {k: v for k, v in state.items() if k.startswith("crf_rnn.")}
 
 
+@pytest.mark.slow
 def test_training_changes_the_layer_and_saves_it(runs):
     _, _, stage2, metrics = runs
     saved = layer_state(stage2)
@@ -58,6 +59,7 @@ def test_training_changes_the_layer_and_saves_it(runs):
     assert {"val_net/mIoU", "val_crf/mIoU", "val/mIoU"} <= metrics.keys()
 
 
+@pytest.mark.slow
 def test_a_stage1_checkpoint_fills_the_network_and_the_layer_starts_as_potts(runs):
     root, stage1, _, _ = runs
     cfg = compose("train", [*SMOKE, f"data_dir={root / 'data'}", *CRF_RNN])
@@ -69,6 +71,7 @@ def test_a_stage1_checkpoint_fills_the_network_and_the_layer_starts_as_potts(run
     assert net.crf_rnn.pos_w.item() == cfg.crf.pos_w
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, tmp_path):
     root, _, stage2, trained = runs
     cfg = compose("evaluate", saved_overrides(stage2))
@@ -88,6 +91,7 @@ def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, 
     assert [p.name for p in predict(cfg, tmp_path / "out")] == ["val_0000.png"]
 
 
+@pytest.mark.slow
 def test_a_layer_checkpoint_needs_the_layer(runs):
     _, _, stage2, _ = runs
     cfg = compose("evaluate", saved_overrides(stage2, "model.crf_rnn=false"))

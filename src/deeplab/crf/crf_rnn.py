@@ -267,7 +267,9 @@ class WithCRFRNN(nn.Module):
         self.net, self.crf_rnn = net, crf_rnn
         self.iterations, self.test_iterations = int(iterations), int(test_iterations)
         self.crf_lr_mult = float(crf_lr_mult)  # the optimizer's LR multiplier of the layer
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
+        )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
         self.train(self.training)
 

@@ -113,7 +113,7 @@ class SegmentationModule(pl.LightningModule):
     # --- training -------------------------------------------------------------------------
     @property
     def crf_rnn(self) -> WithCRFRNN | None:
-        """The network when it ends in a CRF-RNN layer (test-time wrappers go inside it), else None."""
+        """The network when it ends in a CRF-RNN layer (test-time wrappers go inside), else None."""
         return self.net if isinstance(self.net, WithCRFRNN) else None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

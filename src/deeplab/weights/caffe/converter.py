@@ -31,7 +31,9 @@ def build_target(overrides: list[str]) -> tuple[torch.nn.Module, dict]:
     else:
         cfg = compose("train", overrides)
     with torch.device("meta"):
-        return instantiate(network_config(cfg.model)), OmegaConf.to_container(cfg.model, resolve=True)
+        return instantiate(network_config(cfg.model)), OmegaConf.to_container(
+            cfg.model, resolve=True
+        )
 
 
 def _classifier_keys(net: torch.nn.Module) -> set[str]:
