@@ -75,6 +75,8 @@ def test_cpu_dry_run_reports_every_section_and_survives_a_capped_stage(tmp_path)
     for row in torch_rows:
         assert number(row["ms / image"]) > 0 and number(row["x reference"]) > 0
         assert number(row["same labels as reference"]) >= 99.5
+    crf_rnn = [row["backend"] for row in crf if row["backend"].startswith("CRF-RNN")]
+    assert crf_rnn == ["CRF-RNN forward, 10 it", "CRF-RNN forward + backward, 5 it"] * 2
     losses = sections["Training loss on a fixed batch"]
     assert [row["finite"] for row in losses] == ["yes", "yes"]
     assert float(losses[1]["relative difference to fp32"]) < 0.05  # bf16 close to fp32
