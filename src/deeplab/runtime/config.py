@@ -47,9 +47,12 @@ def instantiate(node, **kwargs):
         raise
 
 
-def network_config(model: DictConfig) -> DictConfig:
-    """A `model` config without its `crf_rnn*` keys: what the network builders take (the engine
-    puts the CRF-RNN layer after the network, `deeplab.engine.pipeline.build_network`)."""
+def network_config(model: DictConfig | dict) -> DictConfig | dict:
+    """A `model` config (or a checkpoint's resolved record of one) without its `crf_rnn*` keys:
+    what the network builders take (the engine puts the CRF-RNN layer after the network,
+    `deeplab.engine.pipeline.build_network`)."""
+    if not isinstance(model, DictConfig):
+        return {k: v for k, v in model.items() if not str(k).startswith("crf_rnn")}
     network = copy.deepcopy(model)  # keeps its parent: interpolations such as ${data...} resolve
     with open_dict(network):
         for key in [k for k in network if str(k).startswith("crf_rnn")]:
