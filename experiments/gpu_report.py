@@ -47,8 +47,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from deeplab.crf import pydensecrf_backend
-from deeplab.data.normalization import normalize
 from deeplab.crf.crf_rnn import CRFRNN
+from deeplab.data.normalization import normalize
 from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_optimizer
