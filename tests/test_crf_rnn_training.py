@@ -10,6 +10,7 @@ from deeplab.crf.crf_rnn import WithCRFRNN
 from deeplab.engine.optimizer import param_groups
 from deeplab.engine.pipeline import build_network, evaluate, load_weights, predict, train
 from deeplab.runtime.config import compose, instantiate
+from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import UserError
 from deeplab.weights.checkpoint import network_state
 from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
@@ -116,3 +117,11 @@ def test_layer_iterations_and_optimizer_group():
     assert groups["crf"]["lr"] == pytest.approx(1e-2) and groups["crf"]["weight_decay"] == 0.0
     image = torch.randn(2, 3, 33, 41)
     assert net(image).shape == (2, 7, 33, 41)  # the input's size, not the logits'
+
+
+def test_the_stage2_experiment_needs_a_stage1_checkpoint():
+    with pytest.raises(UserError, match="stage1_checkpoint"):
+        check_config(compose("train", ["experiment=crf_rnn_finetune"]))
+    given = compose("train", ["experiment=crf_rnn_finetune", "init_from_checkpoint=s1.ckpt"])
+    check_config(given)
+    assert given.init_from_checkpoint == "s1.ckpt" and given.model.crf_rnn

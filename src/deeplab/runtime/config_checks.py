@@ -237,7 +237,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 # Values a config leaves to the command line (`???`), with what to pass.
 REQUIRED = {
     "ckpt_path": "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt",
-    "init_from_checkpoint": "init_from_checkpoint=outputs/<date>/<time>/checkpoints/last.ckpt",
     "input": "input=<an image or a folder of images>",
     "probs_dir": "probs_dir=<the folder of python src/evaluate.py ... save_probs=<dir>>",
     "data.root": "data.root=<your folder with images/, masks/, classes.txt>",
