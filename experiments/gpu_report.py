@@ -7,7 +7,9 @@ Stages, in this order, each under its own time cap within one global budget (`--
   crf      the torch dense CRF on the device (`crf=deeplab_vgg16`, 10 iterations) at batch 1 and 8
            against the reference on one CPU core (pydensecrf, or torch where pydensecrf is not
            installed), VOC size (500 x 375, 21 labels) and Cityscapes size (2048 x 1024, 19
-           labels): ms per image, peak memory, same labels as the reference;
+           labels): ms per image, peak memory, same labels as the reference; then the CRF-RNN
+           layer with the same kernels at batch 1: forward (10 iterations, no autograd) and
+           forward + backward (5 iterations), as evaluation and training run it;
   train    img/s of `model=aspp_l backbone=resnet101 model.msc=true`, batch 10, 321 crops, in
            fp32, bf16-mixed and bf16 + channels_last; the loss of one fixed batch in fp32 and bf16
            (NaN check, relative difference); the step time of Table 1's VGG-16 rows, fp32 and bf16;
@@ -45,12 +47,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from deeplab.crf import pydensecrf_backend
+from deeplab.crf.crf_rnn import CRFRNN
 from deeplab.data.normalization import normalize
 from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_optimizer
 from deeplab.engine.test_time import resize, wrap
-from deeplab.runtime.config import compose
+from deeplab.runtime.config import compose, network_config
 from deeplab.tables.paper import SPEED, TABLE1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -345,6 +348,55 @@ def crf_size(run: Run, name: str, height: int, width: int, labels: int) -> None:
                 "goal (GPU)": f"< {goal} ms: {'met' if ms < goal else 'not met'}",
             },
         )
+    crf_rnn_rows(run, crf, size, images[:1], probs[:1], ref_ms)  # last: a cap loses only these
+
+
+def crf_rnn_rows(run: Run, crf, size: str, images: list, probs: list, ref_ms: float) -> None:
+    """The CRF-RNN layer with the same kernels (`CRFRNN.like`): a forward without autograd (an
+    evaluation, 10 iterations) and a forward + backward of a loss on its scores (training, 5),
+    both w.r.t. the scores and the layer's parameters."""
+    labels = probs[0].shape[0]
+    rgb = torch.stack(images).permute(0, 3, 1, 2).float()
+    logits = torch.stack(probs).clamp_min(1e-5).log()
+    for what, iterations, train in (("forward", 10, False), ("forward + backward", 5, True)):
+        layer = CRFRNN.like(crf, labels, iterations).to(run.device)
+        scores = logits.clone().requires_grad_(train)
+
+        def call(layer=layer, scores=scores, train=train) -> None:
+            with torch.set_grad_enabled(train):
+                out = layer(scores, rgb)
+                if train:
+                    out.logsumexp(1).mean().backward()
+
+        batch = len(images)
+        measured = run.report.attempt(
+            "crf", f"CRF-RNN {what}, {size}, batch {batch}", lambda c=call: crf_rnn_time(run, c)
+        )
+        if measured is None:
+            continue
+        seconds, peak = measured
+        ms = 1000 * seconds / batch
+        run.report.add(
+            "crf",
+            {
+                "size": size,
+                "backend": f"CRF-RNN {what}, {iterations} it",
+                "device": str(run.device),
+                "batch": batch,
+                "ms / image": f"{ms:.1f}",
+                "x reference": f"{ref_ms / ms:.2f}",
+                "peak MiB": peak,
+                "same labels as reference": "-",
+                "goal (GPU)": "-",
+            },
+        )
+
+
+def crf_rnn_time(run: Run, call) -> tuple[float, str]:
+    """Median seconds of `call()` and the peak memory."""
+    run.reset_peak()
+    seconds = bench._timed(call, run.device, min(run.profile.warmup, 1), run.profile.crf_steps)[0]
+    return seconds, run.peak_mib()
 
 
 def crf_torch(run: Run, crf, images: list, probs: list) -> tuple[float, str, list]:
@@ -390,7 +442,7 @@ def build_net(run: Run, cfg) -> torch.nn.Module:
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     with run.device:
-        net = instantiate(cfg.model)
+        net = instantiate(network_config(cfg.model))
     return speed.apply(net, cfg.speed)
 
 

@@ -116,9 +116,9 @@ def test_train_config_has_the_speed_block():
     """conf/train.yaml's `speed:` holds exactly the keys `speed.apply` takes, at their defaults."""
     from hydra.utils import instantiate
 
-    from deeplab.runtime.config import compose
+    from deeplab.runtime.config import compose, network_config
 
     cfg = compose("train", ["debug=smoke", "data=synthetic", "speed.atrous_mode=space_to_batch"])
     assert dict(cfg.speed) == {**speed.DEFAULTS, "atrous_mode": "space_to_batch"}
-    net = speed.apply(instantiate(cfg.model), cfg.speed)
+    net = speed.apply(instantiate(network_config(cfg.model)), cfg.speed)
     assert {m.mode for m in net.modules() if isinstance(m, AtrousConv2d)} == {"space_to_batch"}

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from deeplab.data.classes import voc_palette
 from deeplab.models.atrous import set_atrous_mode
 from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.config import network_config
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file
 from deeplab.weights.checkpoint import check_compatible, network_state
@@ -88,7 +89,12 @@ def rebuild(state: dict, meta: dict, source) -> nn.Module:
             f"{source} was converted before converted files recorded their model config: "
             "convert the .caffemodel again with python -m deeplab.convert"
         )
-    model = copy.deepcopy(meta["model"])
+    if meta["model"].get("crf_rnn"):
+        raise UserError(
+            f"{source} ends in a CRF-RNN layer (model.crf_rnn=true), which export does not "
+            "cover: use python src/predict.py ckpt_path=... for its masks"
+        )
+    model = network_config(copy.deepcopy(meta["model"]))
     model["backbone"] = {**model.get("backbone", {}), "pretrained": None}
     if "init_from" in model:
         model["init_from"] = None

@@ -240,3 +240,67 @@ class CRFRNN(nn.Module):
             )
         if images.device != logits.device:
             raise ValueError(f"CRFRNN: images on {images.device}, logits on {logits.device}")
+
+
+class WithCRFRNN(nn.Module):
+    """A segmentation network followed by a CRF-RNN layer (`model.crf_rnn=true`): normalised
+    images (B, 3, H, W) -> CRF-RNN scores (B, C, H, W) at the input size.
+
+    The network's logits (MSC in training: the fused output, its first) are upsampled bilinearly
+    to the input size (half-pixel centres, as the evaluation upsamples them) and refined with the
+    input as RGB 0-255 (`x * std + mean`). The layer runs `iterations` mean-field steps in
+    training and `test_iterations` in eval mode (CRF-RNN: 5 and 10). `net` is the network itself,
+    so that its weights load from, and save as, the same keys under `net.`; the layer's
+    parameters sit under `crf_rnn.`."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        crf_rnn: CRFRNN,
+        mean,
+        std,
+        iterations: int = 5,
+        test_iterations: int = 10,
+        crf_lr_mult: float = 1.0,
+    ):
+        super().__init__()
+        self.net, self.crf_rnn = net, crf_rnn
+        self.iterations, self.test_iterations = int(iterations), int(test_iterations)
+        self.crf_lr_mult = float(crf_lr_mult)  # the optimizer's LR multiplier of the layer
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
+        )
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "WithCRFRNN":
+        super().train(mode)
+        self.crf_rnn.iterations = self.iterations if mode else self.test_iterations
+        return self
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return self.net.classifier_parameters()
+
+    def crf_parameters(self) -> list[nn.Parameter]:
+        """The layer's learnable parameters (their own optimizer group: no weight decay)."""
+        return list(self.crf_rnn.parameters())
+
+    def refine(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """CRF-RNN scores of `logits` (any size) on the normalised images `x`."""
+        if tuple(logits.shape[-2:]) != tuple(x.shape[-2:]):
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.crf_rnn(logits, x.float() * self.std + self.mean)
+
+    def both(self, x: torch.Tensor):
+        """(CRF-RNN scores at the input size, the network's own output): the losses and the
+        validation score both."""
+        own = self.net(x)
+        return self.refine(own[0] if isinstance(own, list | tuple) else own, x), own
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.both(x)[0]
+
+
+def checkpoint_holds_layer(state: dict) -> bool:
+    """Whether a network state dict (`WithCRFRNN`'s keys) holds a CRF-RNN layer."""
+    return any(key.startswith("crf_rnn.") for key in state)

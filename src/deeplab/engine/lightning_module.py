@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from deeplab.crf import save_probabilities
+from deeplab.crf.crf_rnn import WithCRFRNN
 from deeplab.crf.queue import RefineQueue
 from deeplab.data.metrics import confusion_matrix, flatten, scores
 from deeplab.data.normalization import denormalize
@@ -42,6 +43,13 @@ class SegmentationModule(pl.LightningModule):
         keep_samples: how many val images (the first ones) to keep for overlays and figures.
         probs_dir: if set, every val image's upsampled softmax is saved there for offline CRF
             tuning (`deeplab.crf.save_probabilities` .npz: image, probs, mask).
+        net_loss_weight: when `net` ends in a CRF-RNN layer (`WithCRFRNN`), the weight of a second
+            loss on the network's own logits (`model.crf_rnn_aux_loss_weight`; 0: the loss is on
+            the layer's full-resolution scores only).
+
+    With a CRF-RNN layer the validation scores the layer's output (`val/`) and, in the same
+    pass, the network's own logits (`val_net/`); the post-hoc CRF refines the network's own
+    logits (`val_crf/`), so one metrics.json compares the two CRFs on the same network.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class SegmentationModule(pl.LightningModule):
         model_config: dict | None = None,
         run_overrides: list[str] | None = None,
         palette: np.ndarray | None = None,
+        net_loss_weight: float = 0.0,
     ):
         super().__init__()
         self.net = net
@@ -83,9 +92,11 @@ class SegmentationModule(pl.LightningModule):
         self.model_config = model_config  # saved in checkpoints, for override hints on load
         self.run_overrides = run_overrides  # saved in checkpoints: evaluate / predict apply them
         self.palette = palette  # saved in checkpoints with the class names (for exports)
+        self.net_loss_weight = net_loss_weight
         self.confusion = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_crf = confusion_matrix(self.num_classes, ignore_index)
-        self.results: dict = {}  # {"val": scores(...), "val_crf": ...} of the latest validation
+        self.confusion_net = confusion_matrix(self.num_classes, ignore_index)  # inside a CRF-RNN
+        self.results: dict = {}  # {"val": scores(...), "val_crf": ..., "val_net": ...}
         self.confusions: dict = {}  # the matching K x K confusion matrices (numpy, rows: truth)
         self.samples: dict[str, dict] = {}  # name -> image, truth, pred, crf (uint8 / int arrays)
         self._crf_queue: RefineQueue | None = None
@@ -100,8 +111,21 @@ class SegmentationModule(pl.LightningModule):
         return self.net(image)
 
     # --- training -------------------------------------------------------------------------
+    @property
+    def crf_rnn(self) -> WithCRFRNN | None:
+        """The network when it ends in a CRF-RNN layer (test-time wrappers go inside), else None."""
+        return self.net if isinstance(self.net, WithCRFRNN) else None
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = segmentation_loss(self.net(batch["image"]), batch["mask"], self.ignore_index)
+        image, mask = batch["image"], batch["mask"]
+        if self.crf_rnn is None:
+            loss = segmentation_loss(self.net(image), mask, self.ignore_index)
+        else:  # the layer's scores are at the crop size: the labels are used as they are
+            scores, own = self.crf_rnn.both(image)
+            loss = segmentation_loss(scores, mask, self.ignore_index)
+            if self.net_loss_weight:
+                own_loss = segmentation_loss(own, mask, self.ignore_index)
+                loss = loss + self.net_loss_weight * own_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step} (images "
@@ -132,8 +156,12 @@ class SegmentationModule(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict:
         mask = batch["mask"]
-        logits = self.net(batch["image"])
-        logits = resize(logits[0] if isinstance(logits, list) else logits, mask.shape[-2:])
+        if self.crf_rnn is None:
+            logits = own_logits = resize(_first(self.net(batch["image"])), mask.shape[-2:])
+        else:  # own_logits: the network's, which the post-hoc CRF refines
+            scores, own = self.crf_rnn.both(batch["image"])
+            logits, own_logits = (resize(x, mask.shape[-2:]) for x in (scores, _first(own)))
+            self.confusion_net.update(own_logits.argmax(1), mask)
         pred = logits.argmax(1)
         self.confusion.update(pred, mask)
         names = list(batch.get("name", [f"{batch_idx}_{i}" for i in range(len(mask))]))
@@ -146,7 +174,7 @@ class SegmentationModule(pl.LightningModule):
             if keep and len(self.samples) < self.keep_samples:
                 self.samples[name] = {"image": rgb, "truth": _np(truth), "pred": _np(p)}
         if self.probs_dir:
-            probs = logits.float().softmax(1).cpu().numpy()
+            probs = own_logits.float().softmax(1).cpu().numpy()
             for name, rgb, prob, truth in zip(names, rgbs, probs, mask, strict=True):
                 save_probabilities(Path(self.probs_dir) / name, rgb, prob, truth)
         if crf:
@@ -154,7 +182,7 @@ class SegmentationModule(pl.LightningModule):
                 self._crf_queue = RefineQueue(
                     self.crf, self.crf_workers, self.crf_chunk, kind="logits"
                 )
-            for name, rgb, scores, truth in zip(names, rgbs, logits.float(), mask, strict=True):
+            for name, rgb, scores, truth in zip(names, rgbs, own_logits.float(), mask, strict=True):
                 key = (next(self._crf_index), name)  # unique even if names repeat
                 self._crf_masks[key] = truth
                 self._count_crf(self._crf_queue.put(key, rgb, scores))
@@ -184,6 +212,8 @@ class SegmentationModule(pl.LightningModule):
         matrices = {"val": self.confusion}
         if self.use_crf and self.crf is not None:
             matrices["val_crf"] = self.confusion_crf
+        if self.crf_rnn is not None:
+            matrices["val_net"] = self.confusion_net
         self.confusions = {k: m.compute().cpu().numpy() for k, m in matrices.items()}
         self.results = {
             k: scores(torch.as_tensor(c), self.class_names) for k, c in self.confusions.items()
@@ -219,6 +249,11 @@ class SegmentationModule(pl.LightningModule):
             source,
             training=True,
         )
+
+
+def _first(logits):
+    """An MSC network's fused logits (its first output in training mode), else the logits."""
+    return logits[0] if isinstance(logits, list | tuple) else logits
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

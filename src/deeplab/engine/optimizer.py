@@ -26,6 +26,8 @@ def param_groups(
     Biases are the 1-D parameters (conv/linear biases); the classifier is whatever
     `net.classifier_parameters()` names, so the split works for any network that has it.
     The classifier's weights get `classifier_lr_mult` x LR and its biases twice that (10x / 20x).
+    A CRF-RNN layer's parameters (`net.crf_parameters()`) get `net.crf_lr_mult` x LR and no
+    decay, which would pull its kernel weights and label compatibility towards no CRF at all.
     """
     if not hasattr(net, "classifier_parameters"):
         raise ValueError(
@@ -33,8 +35,11 @@ def param_groups(
             "final classifier layers so that they get LR x10 / x20 (see CONTRACTS: Models)."
         )
     classifier = {id(p) for p in net.classifier_parameters()}
+    crf = {id(p) for p in getattr(net, "crf_parameters", list)()}
     # A network may slow its backbone down (RefineNet's recipe: the ResNet at 0.1x).
-    inner = getattr(net, "net", net)  # MSC: the network it runs
+    inner = net
+    while hasattr(inner, "net"):  # MSC, CRF-RNN: the network they run
+        inner = inner.net
     mult = getattr(inner, "backbone_lr_mult", 1.0)
     backbone = {id(p) for p in inner.backbone.parameters()} if mult != 1.0 else set()
     # (name, lr multiplier, weight decay multiplier), in the order of the param groups.
@@ -45,10 +50,14 @@ def param_groups(
         ("classifier_bias", 2.0 * classifier_lr_mult, 0.0),
         ("backbone_weight", mult, 1.0),
         ("backbone_bias", 2.0 * mult, 0.0),
+        ("crf", getattr(net, "crf_lr_mult", 1.0), 0.0),
     )
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in groups}
     for p in net.parameters():
         if not p.requires_grad:
+            continue
+        if id(p) in crf:
+            buckets["crf"].append(p)
             continue
         prefix = "classifier_" if id(p) in classifier else "backbone_" if id(p) in backbone else ""
         buckets[prefix + ("bias" if p.ndim == 1 else "weight")].append(p)

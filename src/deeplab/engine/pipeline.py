@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from deeplab.crf.crf_rnn import CRFRNN, WithCRFRNN, checkpoint_holds_layer
 from deeplab.data.images import read_rgb
 from deeplab.data.normalization import normalize
 from deeplab.engine import speed, visuals
@@ -24,14 +25,19 @@ from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, print_table, write_metrics
 from deeplab.engine.test_time import probabilities, wrap
 from deeplab.runtime.atomic import check_writable
-from deeplab.runtime.config import instantiate
+from deeplab.runtime.config import instantiate, network_config
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.progress import track
 from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_sigterm, resume_from
 from deeplab.runtime.wandb_runs import log_final_metrics
 from deeplab.weights import conventions
-from deeplab.weights.checkpoint import check_readable, load_network
+from deeplab.weights.checkpoint import (
+    check_readable,
+    checked_state,
+    network_state,
+    read_checkpoint,
+)
 from deeplab.weights.checkpoint_overrides import run_overrides
 
 # What predict.py reads from a folder: every format `read_rgb` decodes (other files are listed)
@@ -51,11 +57,60 @@ def model_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg.model, resolve=True)
 
 
+def build_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
+    """The network `cfg.model` builds (its builder never sees the `crf_rnn*` keys), with the
+    run's speed options when it has them; `model.crf_rnn=true` puts a CRF-RNN layer after it
+    (`deeplab.crf.WithCRFRNN`) whose kernels and initial weights are `cfg.crf`'s."""
+    net = instantiate(network_config(cfg.model))
+    if cfg.get("speed") is not None:
+        net = speed.apply(net, cfg.speed)
+    if not cfg.model.get("crf_rnn"):
+        return net
+    if not cfg.get("crf"):
+        raise UserError(
+            "model.crf_rnn=true takes its kernel widths and initial weights from a CRF config, "
+            "and crf is none: add crf=deeplab_vgg16 (VOC, VGG-16), crf=deeplab_resnet101 or "
+            "crf=synthetic (the 128-px synthetic set)"
+        )
+    layer = CRFRNN.like(instantiate(cfg.crf), datamodule.num_classes)
+    return WithCRFRNN(
+        net,
+        layer,
+        datamodule.mean,
+        datamodule.std,
+        cfg.model.crf_rnn_iterations,
+        cfg.model.crf_rnn_test_iterations,
+        cfg.model.crf_rnn_lr_mult,
+    )
+
+
+def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.Module:
+    """A checkpoint's network weights loaded into `net` once they fit it and this run (class
+    count, model config, input normalization); `key` is the setting that names the file.
+
+    A checkpoint without a CRF-RNN layer (stage 1) loads into the network inside one, which keeps
+    its Potts start: stage 2 starts from it, and evaluating it shows the untrained layer."""
+    checkpoint = read_checkpoint(path, key)
+    holds_layer = isinstance(checkpoint, dict) and checkpoint_holds_layer(network_state(checkpoint))
+    if holds_layer and not isinstance(net, WithCRFRNN):
+        raise UserError(
+            f"{key}={path} holds a network trained with a CRF-RNN layer: pass "
+            "model.crf_rnn=true (its checkpoint overrides set it unless the command line says "
+            "otherwise), or evaluate the network alone from val_net/ in its metrics.json"
+        )
+    target = net.net if isinstance(net, WithCRFRNN) and not holds_layer else net
+    mean, std = datamodule.mean, datamodule.std
+    state = checked_state(
+        checkpoint, target, datamodule.num_classes, mean, std, model_config(cfg), path
+    )
+    target.load_state_dict(state)
+    return net
+
+
 def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
-    """`cfg.model` with the weights of `cfg.ckpt_path`, checked against this run's class count,
-    input normalization and model config (a mismatch names the overrides that fix it)."""
-    net, mean, std = instantiate(cfg.model), datamodule.mean, datamodule.std
-    return load_network(net, cfg.ckpt_path, datamodule.num_classes, mean, std, model_config(cfg))
+    """`build_network` with the weights of `cfg.ckpt_path` (`load_weights`: a mismatch names the
+    overrides that fix it)."""
+    return load_weights(build_network(cfg, datamodule), cfg.ckpt_path, "ckpt_path", cfg, datamodule)
 
 
 def rebuild_overrides(cfg: DictConfig) -> list[str]:
@@ -65,7 +120,9 @@ def rebuild_overrides(cfg: DictConfig) -> list[str]:
     if data.get("root"):
         data["root"] = str(Path(data["root"]).expanduser().resolve())
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    return run_overrides(model_config(cfg), data, choices)
+    # A CRF-RNN layer takes its kernel widths from the crf config: it travels too.
+    crf = OmegaConf.to_container(cfg.crf, resolve=True) if cfg.model.get("crf_rnn") else None
+    return run_overrides(model_config(cfg), data, choices, crf)
 
 
 def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
@@ -86,6 +143,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         model_config=model_config(cfg),
         run_overrides=rebuild_overrides(cfg),
         palette=datamodule.palette,
+        net_loss_weight=cfg.model.get("crf_rnn_aux_loss_weight", 0.0),
         **optim,
         **kwargs,
     )
@@ -108,7 +166,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     if "split_dir" in cfg.data and cfg.data.split_dir is None:  # data=folder: the run keeps
         cfg.data.split_dir = str(Path(run_dir).resolve() / "splits")  # its split (checkpoints too)
     datamodule = instantiate(cfg.data)
-    net = speed.apply(instantiate(cfg.model), cfg.get("speed"))
+    net = build_network(cfg, datamodule)
+    if cfg.get("init_from_checkpoint"):  # stage 2 of CRF-RNN training, or any fine-tuning
+        load_weights(net, cfg.init_from_checkpoint, "init_from_checkpoint", cfg, datamodule)
     module = build_module(cfg, datamodule, net)
     loggers = build_loggers(cfg.get("logger"), run_dir, "train")
     throughput = Throughput()
@@ -214,8 +274,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
         check_writable(cfg.save_probs, "save_probs")
     run_dir = Path(run_dir)
     datamodule = instantiate(cfg.data)
-    net = trained_network(cfg, datamodule)
-    net = wrap(speed.apply(net, cfg.get("speed")), datamodule.num_classes, **cfg.tta)
+    net = wrap(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     loggers = build_loggers(cfg.get("logger"), run_dir, "evaluate", str(cfg.ckpt_path))
     trainer = instantiate(
@@ -292,7 +351,8 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     )
     net = trained_network(cfg, datamodule)
     net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
-    crf = instantiate(cfg.crf) if cfg.get("crf") else None
+    # A CRF-RNN layer is the network's last step; its crf config only set up its kernels.
+    crf = instantiate(cfg.crf) if cfg.get("crf") and not cfg.model.get("crf_rnn") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     written = []

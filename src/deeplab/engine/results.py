@@ -22,8 +22,9 @@ def write_metrics(path: Path, metrics: dict) -> None:
 
 
 def print_table(metrics: dict, title: str = "Validation (whole split, %)") -> None:
-    """Scores as columns and per-class IoU as rows, one column per prefix (val, val_crf)."""
-    prefixes = [p for p in ("val", "val_crf") if f"{p}/mIoU" in metrics]
+    """Scores as columns and per-class IoU as rows, one column per prefix (val_net: the network
+    alone when it ends in a CRF-RNN layer, val, val_crf)."""
+    prefixes = [p for p in ("val_net", "val", "val_crf") if f"{p}/mIoU" in metrics]
     table = Table(title=title)
     table.add_column("metric")
     for prefix in prefixes:

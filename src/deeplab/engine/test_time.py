@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.crf.crf_rnn import WithCRFRNN
 from deeplab.runtime.errors import UserError
 
 
@@ -118,7 +119,11 @@ def wrap(
     pad_to=None,
 ):
     """The evaluation network: `net`, padded to `pad_to` (the released test protocol) if set,
-    with multi-scale / flip, then sliding window if asked."""
+    with multi-scale / flip, then sliding window if asked. A CRF-RNN layer stays last: the
+    wrappers go inside it (in place), so it refines their logits once, on the whole image."""
+    if isinstance(net, WithCRFRNN):
+        net.net = wrap(net.net, num_classes, scales, flip, tile, overlap, pad_to)
+        return net.eval()
     if pad_to:
         net = PadTo(net, pad_to)
     if tuple(scales) != (1.0,) or flip:

@@ -150,6 +150,24 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         "factors > 0 including 1.0, e.g. model.msc_scales=[1.0,0.75,0.5]",
     ),
     ("model.backbone_lr_mult", non_negative, "a factor >= 0, e.g. model.backbone_lr_mult=0.1"),
+    ("model.crf_rnn", one_of(True, False), "true or false, e.g. model.crf_rnn=true"),
+    (
+        "model.crf_rnn_iterations",
+        positive_int,
+        "a mean-field iteration count >= 1, e.g. model.crf_rnn_iterations=5",
+    ),
+    (
+        "model.crf_rnn_test_iterations",
+        positive_int,
+        "a mean-field iteration count >= 1, e.g. model.crf_rnn_test_iterations=10",
+    ),
+    (
+        "model.crf_rnn_aux_loss_weight",
+        non_negative,
+        "a weight >= 0 (0: no loss on the network's own logits), e.g. "
+        "model.crf_rnn_aux_loss_weight=0.5",
+    ),
+    ("model.crf_rnn_lr_mult", non_negative, "a factor >= 0, e.g. model.crf_rnn_lr_mult=1"),
     ("optim.name", one_of("sgd", "adamw"), "sgd or adamw, e.g. optim.name=sgd"),
     ("optim.lr", positive, "a learning rate > 0, e.g. optim.lr=1e-3"),
     ("optim.momentum", fraction, "a value in [0, 1), e.g. optim.momentum=0.9"),

@@ -16,9 +16,19 @@ from deeplab.runtime.config import CONF_DIR, hydra_value
 
 # Fields that never change what a trained network computes: weight files used only to
 # initialise training, and the class count (checked on its own, with its own fix: the data set).
-NOT_COMPARED = {"pretrained", "init_from", "num_classes"}
+# A CRF-RNN layer is not compared either: the weights say whether there is one (a checkpoint
+# without it loads into the network inside one), and its test iterations are a test-time choice.
+NOT_COMPARED = {"pretrained", "init_from", "num_classes", "crf_rnn", "crf_rnn_test_iterations"}
 # Fields that change training but not an evaluation (eval mode: no dropout, frozen BN).
-TRAINING_ONLY = {"dropout", "freeze_bn", "backbone_lr_mult", "learn_upsampling"}
+TRAINING_ONLY = {
+    "dropout",
+    "freeze_bn",
+    "backbone_lr_mult",
+    "learn_upsampling",
+    "crf_rnn_iterations",
+    "crf_rnn_aux_loss_weight",
+    "crf_rnn_lr_mult",
+}
 # Fields that say which network a config builds (the rest scale it or wrap it).
 NOT_ARCHITECTURE = NOT_COMPARED | TRAINING_ONLY | {"width_mult", "msc", "msc_scales", "backbone"}
 IDENTITY = ("_target_", "name")  # which builder / backbone a config level describes
@@ -127,7 +137,7 @@ def fix_overrides(saved: dict, current: dict) -> list[str]:
 
 # --- the overrides a checkpoint carries, so that evaluate / predict need only ckpt_path --------
 
-GROUPS = ("data", "backbone", "model")  # config groups that build what a checkpoint holds
+GROUPS = ("data", "backbone", "model", "crf")  # config groups that build what a checkpoint holds
 SKIPPED_LEAVES = {"_target_", "num_classes", "pretrained", "init_from"}  # set by group / data
 
 
@@ -160,18 +170,23 @@ def _choice(group: str, config: dict) -> str | None:
     return matches[0] if matches else None
 
 
-def run_overrides(model: dict, data: dict, choices: dict | None = None) -> list[str]:
+def run_overrides(
+    model: dict, data: dict, choices: dict | None = None, crf: dict | None = None
+) -> list[str]:
     """Overrides that rebuild this run's network and data set from the defaults: the group
     options (Hydra's record when there is one), then every resolved value (`++`: added or set).
+    `crf`: the CRF config of a network that ends in a CRF-RNN layer (its kernel widths).
     A checkpoint stores them; evaluate.py and predict.py put them before the command line's."""
     choices = choices or {}
-    groups = {"data": data, "model": model, "backbone": model}
+    groups = {"data": data, "model": model, "backbone": model, "crf": crf}
     out = []
     for group in GROUPS:
+        if groups[group] is None:
+            continue
         option = choices.get(group) or _choice(group, groups[group])
         if option:
             out.append(f"{group}={option}")
-    leaves = _leaves(data, "data") + _leaves(model, "model")
+    leaves = _leaves(data, "data") + _leaves(model, "model") + _leaves(crf or {}, "crf")
     return out + [f"++{key}={_typed(value)}" for key, value in leaves]
 
 

@@ -1,0 +1,127 @@
+"""model.crf_rnn=true: a CRF-RNN layer trained after the network (stage 2 from a stage-1
+checkpoint), saved in its checkpoints, restored by evaluate and predict from the path alone."""
+
+import shutil
+
+import pytest
+import torch
+
+from deeplab.crf.crf_rnn import WithCRFRNN
+from deeplab.engine.optimizer import param_groups
+from deeplab.engine.pipeline import build_network, evaluate, load_weights, predict, train
+from deeplab.runtime.config import compose, instantiate
+from deeplab.runtime.config_checks import check_config
+from deeplab.runtime.errors import UserError
+from deeplab.weights.checkpoint import network_state
+from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
+
+SMOKE = [
+    "debug=smoke",
+    "data=synthetic",
+    "data.num_train=8",
+    "data.num_val=2",
+    "trainer.max_steps=2",  # within the first epoch: only the final validation runs
+    "logger=csv",
+]
+CRF_RNN = ["model.crf_rnn=true", "crf=synthetic", "crf.backend=torch"]
+
+
+def saved_overrides(ckpt, *extra) -> list[str]:
+    """What `python src/<app>.py ckpt_path=X *extra` composes: the checkpoint's overrides first."""
+    return with_checkpoint_overrides(["app.py", f"ckpt_path={ckpt}", *extra])[1:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A plain smoke run (stage 1) and a CRF-RNN run started from its checkpoint (stage 2)."""
+    root = tmp_path_factory.mktemp("crf_rnn")
+    data = [f"data_dir={root / 'data'}"]
+    train(compose("train", [*SMOKE, *data]), root / "stage1")
+    stage1 = root / "stage1" / "checkpoints" / "last.ckpt"
+    init = [f"init_from_checkpoint={stage1}"]
+    metrics = train(compose("train", [*SMOKE, *data, *CRF_RNN, *init]), root / "stage2")
+    return root, stage1, root / "stage2" / "checkpoints" / "last.ckpt", metrics
+
+
+def layer_state(ckpt) -> dict:
+    state = network_state(torch.load(ckpt, map_location="cpu", weights_only=False))
+    return {k: v for k, v in state.items() if k.startswith("crf_rnn.")}
+
+
+@pytest.mark.slow
+def test_training_changes_the_layer_and_saves_it(runs):
+    _, _, stage2, metrics = runs
+    saved = layer_state(stage2)
+    assert set(saved) == {"crf_rnn.pos_w", "crf_rnn.bi_w", "crf_rnn.compatibility"}
+    start = instantiate(compose("train", CRF_RNN).crf).params  # the layer's start: crf=synthetic
+    assert saved["crf_rnn.pos_w"] != start["pos_w"] and saved["crf_rnn.bi_w"] != start["bi_w"]
+    assert not torch.equal(saved["crf_rnn.compatibility"], 1 - torch.eye(7))
+    # one validation pass: the network alone, + the post-hoc CRF, + the trained layer
+    assert {"val_net/mIoU", "val_crf/mIoU", "val/mIoU"} <= metrics.keys()
+
+
+@pytest.mark.slow
+def test_a_stage1_checkpoint_fills_the_network_and_the_layer_starts_as_potts(runs):
+    root, stage1, _, _ = runs
+    cfg = compose("train", [*SMOKE, f"data_dir={root / 'data'}", *CRF_RNN])
+    datamodule = instantiate(cfg.data)
+    net = load_weights(build_network(cfg, datamodule), stage1, "init", cfg, datamodule)
+    trained = network_state(torch.load(stage1, map_location="cpu", weights_only=False))
+    assert all(torch.equal(v, trained[k]) for k, v in net.net.state_dict().items())
+    assert torch.equal(net.crf_rnn.compatibility, 1 - torch.eye(7))
+    assert net.crf_rnn.pos_w.item() == cfg.crf.pos_w
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, tmp_path):
+    root, _, stage2, trained = runs
+    cfg = compose("evaluate", saved_overrides(stage2))
+    assert cfg.model.crf_rnn and cfg.crf.pos_xy_std == 1.0  # the layer's kernels travel too
+    scored = evaluate(cfg, tmp_path / "eval")
+    for prefix in ("val_net", "val", "val_crf"):
+        assert scored[f"{prefix}/mIoU"] == pytest.approx(trained[f"{prefix}/mIoU"])
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(root / "data" / "synthetic" / "JPEGImages" / "val_0000.jpg", images)
+    cfg = compose("predict", saved_overrides(stage2, f"input={images}"))
+    datamodule = instantiate(cfg.data)
+    restored = load_weights(build_network(cfg, datamodule), stage2, "ckpt_path", cfg, datamodule)
+    for key, value in layer_state(stage2).items():
+        assert torch.equal(restored.state_dict()[key], value)
+    assert [p.name for p in predict(cfg, tmp_path / "out")] == ["val_0000.png"]
+
+
+@pytest.mark.slow
+def test_a_layer_checkpoint_needs_the_layer(runs):
+    _, _, stage2, _ = runs
+    cfg = compose("evaluate", saved_overrides(stage2, "model.crf_rnn=false"))
+    datamodule = instantiate(cfg.data)
+    with pytest.raises(UserError, match="model.crf_rnn=true"):
+        load_weights(build_network(cfg, datamodule), stage2, "ckpt_path", cfg, datamodule)
+
+
+def test_the_layer_needs_a_crf_config():
+    cfg = compose("train", [*SMOKE, "model.crf_rnn=true"])
+    with pytest.raises(UserError, match="crf=synthetic"):
+        build_network(cfg, instantiate(cfg.data))
+
+
+def test_layer_iterations_and_optimizer_group():
+    cfg = compose("train", [*SMOKE, *CRF_RNN, "model.crf_rnn_lr_mult=10"])
+    net = build_network(cfg, instantiate(cfg.data))
+    assert isinstance(net, WithCRFRNN) and net.crf_rnn.iterations == 5
+    assert net.eval().crf_rnn.iterations == 10 and net.train().crf_rnn.iterations == 5
+    groups = {g["name"]: g for g in param_groups(net, 1e-3, 5e-4, 10.0)}
+    assert len(groups["crf"]["params"]) == 3
+    assert groups["crf"]["lr"] == pytest.approx(1e-2) and groups["crf"]["weight_decay"] == 0.0
+    image = torch.randn(2, 3, 33, 41)
+    assert net(image).shape == (2, 7, 33, 41)  # the input's size, not the logits'
+
+
+def test_the_stage2_experiment_needs_a_stage1_checkpoint():
+    with pytest.raises(UserError, match="stage1_checkpoint"):
+        check_config(compose("train", ["experiment=crf_rnn_finetune"]))
+    given = compose("train", ["experiment=crf_rnn_finetune", "init_from_checkpoint=s1.ckpt"])
+    check_config(given)
+    assert given.init_from_checkpoint == "s1.ckpt" and given.model.crf_rnn
