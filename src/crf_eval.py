@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from deeplab.crf.search import load_split, score, score_setting
 from deeplab.engine.results import as_metrics, print_table, write_metrics
 from deeplab.runtime.cli import check_command_line, reports_user_errors
+from deeplab.runtime.config import instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress
@@ -33,7 +34,7 @@ def evaluate_crf(cfg: DictConfig) -> float:
     check_config(cfg)
     if cfg.crf is None:
         raise UserError("crf_eval needs a CRF: pass crf=deeplab_vgg16 or crf=deeplab_resnet101")
-    crf = hydra.utils.instantiate(cfg.crf)
+    crf = instantiate(cfg.crf)  # the CRF checks its parameters: a bad one is a UserError
     images, probs, masks = load_split(hydra.utils.to_absolute_path(cfg.probs_dir), cfg.limit)
     with Progress(f"CRF ({crf.backend})", len(images), "images") as bar:
         crf_scores = score_setting(crf, images, probs, masks, cfg.num_workers, bar.advance)

@@ -179,7 +179,7 @@ def test_a_converted_caffe_file_exports_as_its_recorded_network(tmp_path):
     save(converted, tmp_path / "aspp.pth")
     props = export(tmp_path / "aspp.pth", tmp_path / "aspp.onnx")
     assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(5)]
-    net = hydra.utils.instantiate(converted["model"]).eval()
+    net = hydra.utils.instantiate(network_config(converted["model"])).eval()
     net.load_state_dict(converted["state_dict"])
     session = onnxruntime.InferenceSession(str(tmp_path / "aspp.onnx"))
     image = random_image(1, 45, 60)

@@ -25,7 +25,6 @@ import json
 import warnings
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,7 +32,7 @@ from torch import Tensor, nn
 from deeplab.data.classes import voc_palette
 from deeplab.models.atrous import set_atrous_mode
 from deeplab.runtime.cli import reports_user_errors
-from deeplab.runtime.config import network_config
+from deeplab.runtime.config import instantiate, network_config
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file
 from deeplab.weights.checkpoint import check_compatible, network_state
@@ -98,7 +97,7 @@ def rebuild(state: dict, meta: dict, source) -> nn.Module:
     model["backbone"] = {**model.get("backbone", {}), "pretrained": None}
     if "init_from" in model:
         model["init_from"] = None
-    net = hydra.utils.instantiate(model)
+    net = instantiate(model)
     check_compatible(state, net, meta, meta["num_classes"], source, model)
     net.load_state_dict(state)
     set_atrous_mode(net, "dilation")  # the plain graph; space-to-batch is a speed option
