@@ -38,9 +38,18 @@ CALLER_NAMES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "
                 "MASTER_PORT")  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Where data sets are built during the tests (the synthetic set once per worker): never the
+    checkout's data/, which the default `data_dir` would be for runs started in the checkout."""
+    return tmp_path_factory.mktemp("data")
+
+
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    """Run every test as on a fresh shell, whatever the caller exported."""
+def clean_environment(monkeypatch, data_dir):
+    """Run every test as on a fresh shell, whatever the caller exported; data sets go to a
+    temporary folder, so the checkout stays as it was."""
     for name in list(os.environ):
         if name.startswith(CALLER_PREFIXES) or name in CALLER_NAMES:
             monkeypatch.delenv(name)
+    monkeypatch.setenv("DEEPLAB_DATA_DIR", str(data_dir))
