@@ -27,5 +27,6 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
-    sys.argv = with_checkpoint_overrides(sys.argv)  # the checkpoint's settings, then the user's
+    # the checkpoint's settings (read as data: handed_config), then the user's
+    sys.argv = reports_user_errors(with_checkpoint_overrides)(sys.argv)
     main()

@@ -22,6 +22,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file
 from deeplab.weights.checkpoint import check_compatible, network_state
 from deeplab.weights.conventions import converted_checkpoint, is_converted
+from deeplab.weights.handed_config import check_finite, check_record, project_model_config
 
 FORMATS = {".onnx": "ONNX", ".pt": "TorchScript"}
 TRACE_SIZE = 97  # any size works; odd and small: every network here accepts it, quickly
@@ -61,8 +63,9 @@ class Exported(nn.Module):
 
 
 def read_weights(path: str | Path) -> tuple[dict, dict]:
-    """(the network's state dict, its `checkpoint_record`) of a train.py
-    checkpoint or a converted Caffe file, loaded with weights_only=True."""
+    """(the network's state dict, its `checkpoint_record`) of a train.py checkpoint or a
+    converted Caffe file, loaded with weights_only=True; its record read as data and its weights
+    finite (`handed_config`)."""
     fix = "pass a .ckpt written by train.py or a .pth written by python -m deeplab.convert"
     checkpoint = read_file(
         lambda p: torch.load(p, map_location="cpu", weights_only=True), path, "checkpoint", fix
@@ -70,19 +73,27 @@ def read_weights(path: str | Path) -> tuple[dict, dict]:
     if not isinstance(checkpoint, dict):
         raise UserError(f"checkpoint {path} holds a {type(checkpoint).__name__}: {fix}")
     if is_converted(checkpoint):
-        return converted_checkpoint(checkpoint, path)
-    meta = checkpoint.get("deeplab")
-    if not meta or "model" not in meta:
-        raise UserError(
-            f"checkpoint {path} does not record the model config it was trained with (a bare "
-            f"state dict, or written by an older train.py), so its network cannot be rebuilt: {fix}"
-        )
-    return network_state(checkpoint), meta
+        check_record(checkpoint, f"checkpoint {path}")
+        state, meta = converted_checkpoint(checkpoint, path)
+    else:
+        meta = checkpoint.get("deeplab")
+        if not meta or "model" not in meta:
+            raise UserError(
+                f"checkpoint {path} does not record the model config it was trained with (a "
+                "bare state dict, or written by an older train.py), so its network cannot be "
+                f"rebuilt: {fix}"
+            )
+        check_record(meta, f"checkpoint {path}")
+        state = network_state(checkpoint)
+    check_finite(state, f"checkpoint {path}")
+    return state, meta
 
 
 def rebuild(state: dict, meta: dict, source) -> nn.Module:
-    """The recorded network with the checkpoint's weights, in eval mode. Weight-file options
-    (backbone.pretrained, FCN's init_from) are dropped: the checkpoint holds the trained weights."""
+    """The recorded network with the checkpoint's weights, in eval mode, built by the project's
+    own model option that the record names (`project_model_config`: never a builder the file
+    chooses). Weight-file options (backbone.pretrained, FCN's init_from) are dropped: the
+    checkpoint holds the trained weights."""
     if "model" not in meta:
         raise UserError(
             f"{source} was converted before converted files recorded their model config: "
@@ -93,7 +104,7 @@ def rebuild(state: dict, meta: dict, source) -> nn.Module:
             f"{source} ends in a CRF-RNN layer (model.crf_rnn=true), which export does not "
             "cover: use python src/predict.py ckpt_path=... for its masks"
         )
-    model = network_config(copy.deepcopy(meta["model"]))
+    model = network_config(project_model_config(copy.deepcopy(meta["model"]), source))
     model["backbone"] = {**model.get("backbone", {}), "pretrained": None}
     if "init_from" in model:
         model["init_from"] = None
@@ -192,6 +203,8 @@ def check_output(out: Path) -> None:
             f"{out}: unknown export format {out.suffix or '(no extension)'!r}; name the output "
             f"file .onnx (ONNX) or .pt (TorchScript)"
         )
+    if out.is_dir():
+        raise UserError(f"{out} is a directory: name the output file, e.g. {out / 'model.onnx'}")
     if not out.parent.is_dir():
         raise UserError(f"{out}: folder {out.parent} does not exist; create it first")
 
@@ -205,7 +218,8 @@ def export(checkpoint: str | Path, *outputs: str | Path) -> dict[str, str]:
     module, props = exportable(checkpoint)
     graph = traced(module)
     for out in outputs:
-        tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")  # exporters pick the format by suffix
+        # a name of this process's own (exporters pick the format by suffix)
+        tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp{out.suffix}")
         try:
             (save_onnx if out.suffix == ".onnx" else save_torchscript)(graph, props, tmp)
             tmp.replace(out)

@@ -22,7 +22,7 @@ from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_ima
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
-from deeplab.engine.results import as_metrics, print_table, write_metrics
+from deeplab.engine.results import as_metrics, check_own_run_dir, print_table, write_metrics
 from deeplab.engine.test_time import probabilities, wrap
 from deeplab.runtime.atomic import check_writable
 from deeplab.runtime.config import instantiate, network_config
@@ -33,6 +33,8 @@ from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_
 from deeplab.runtime.wandb_runs import log_final_metrics
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import (
+    check_class_list,
+    check_crf_kernels,
     check_readable,
     checked_state,
     network_state,
@@ -103,6 +105,11 @@ def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.M
     state = checked_state(
         checkpoint, target, datamodule.num_classes, mean, std, model_config(cfg), path
     )
+    meta = checkpoint.get("deeplab") if isinstance(checkpoint, dict) else None
+    check_class_list(meta, datamodule.class_names, datamodule.palette, path)
+    if holds_layer and meta:
+        crf = OmegaConf.to_container(cfg.crf, resolve=True)
+        check_crf_kernels(meta.get("overrides"), crf, path)
     target.load_state_dict(state)
     return net
 
@@ -273,6 +280,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     if cfg.get("save_probs"):  # before the network runs over the whole split
         check_writable(cfg.save_probs, "save_probs")
     run_dir = Path(run_dir)
+    check_own_run_dir(run_dir, cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     net = wrap(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))

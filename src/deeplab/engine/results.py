@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deeplab.runtime.atomic import written_atomically
+from deeplab.runtime.errors import UserError
 
 SUMMARY = ("mIoU", "pixel_acc", "mean_acc", "fwIoU")
 
@@ -19,6 +20,26 @@ def as_metrics(results: dict) -> dict:
 def write_metrics(path: Path, metrics: dict) -> None:
     with written_atomically(path) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def check_own_run_dir(run_dir: Path, checkpoint: str) -> None:
+    """Refuse, before any work, an evaluation whose run directory holds another run's results
+    (`hydra.run.dir=<a training run>`): its metrics.json would be overwritten. The folder of an
+    earlier evaluation of the same checkpoint may be reused."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    if isinstance(previous, dict) and previous.get("checkpoint") == str(checkpoint):
+        return
+    raise UserError(
+        f"hydra.run.dir={run_dir} holds the results of another run ({path}), which this "
+        "evaluation would overwrite: leave hydra.run.dir out (each evaluation gets a folder of "
+        "its own) or pick an empty folder"
+    )
 
 
 def print_table(metrics: dict, title: str = "Validation (whole split, %)") -> None:

@@ -12,6 +12,10 @@ from deeplab.runtime.errors import UnwritableError
 
 # A disk or folder that refuses writes (full, quota, read-only, no permission, file too large)
 REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# The process's file-creation mask, which a plain open() applies (read once: setting is the
+# only way to read it).
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 @contextmanager
@@ -19,11 +23,17 @@ def written_atomically(dst: Path) -> Iterator[Path]:
     """Yield a temporary path beside `dst`, renamed to `dst` only once the block completes.
 
     A half-written `dst` would look done to a rerun that skips existing files; the temporary name
-    (hidden, `.tmp`) is removed when the block fails, and what was written before stays. A full
-    disk or a folder that refuses writes ends in a UserError naming `dst`."""
+    (hidden, `.tmp`) is removed when the block fails, and what was written before stays. Each
+    writer gets a temporary name of its own (two processes writing one `dst`, such as three
+    predicts into one output_dir, never write into each other's). A full disk or a folder that
+    refuses writes ends in a UserError naming `dst`."""
     dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = None
     try:
+        handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        os.close(handle)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp's 0600 would stay on the renamed file
         yield tmp
         os.replace(tmp, dst)
     except OSError as err:
@@ -34,7 +44,8 @@ def written_atomically(dst: Path) -> Iterator[Path]:
             "to another folder; the files written before it are kept"
         ) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def check_writable(folder: str | Path, key: str) -> Path:

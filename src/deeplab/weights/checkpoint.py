@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from torch import nn
 
 from deeplab.runtime.config import hydra_value
@@ -12,6 +13,7 @@ from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file, read_tensors
 from deeplab.weights.checkpoint_overrides import differences, fix_overrides
 from deeplab.weights.conventions import converted_checkpoint, is_converted
+from deeplab.weights.handed_config import check_finite, check_record
 
 
 def checkpoint_record(
@@ -78,6 +80,55 @@ def check_normalization(meta: dict | None, mean, std, source) -> None:
         f"{saved['std']}, but this run uses mean {list(mean)} and std {list(std)}: pass "
         f"{_quoted(fix)}."
     )
+
+
+def check_class_list(meta: dict | None, names, palette, source) -> None:
+    """Raise UserError if this run's class names or colours differ from those the checkpoint
+    was trained with (a reordered classes.txt: same count, every mask and score misnamed)."""
+    saved = (meta or {}).get("classes")
+    if not saved:
+        return
+    colours = np.asarray(palette)[: len(names)].tolist()
+    for what, recorded, now in (
+        ("names", saved["names"], list(names)),
+        ("colours", saved["colours"], colours),
+    ):
+        if list(recorded) != now:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(recorded, now, strict=False)) if a != b),
+                min(len(recorded), len(now)),
+            )
+            raise UserError(
+                f"checkpoint {source} was trained with other class {what} than this run's data "
+                f"set: class {first} is {_at(recorded, first)} in the checkpoint, "
+                f"{_at(now, first)} now (classes.txt changed since training?): restore the "
+                f"class list it was trained with: {', '.join(map(str, saved['names']))}"
+            )
+
+
+def _at(values: list, index: int) -> str:
+    return repr(values[index]) if index < len(values) else "absent"
+
+
+def check_crf_kernels(overrides: list[str] | None, crf: dict, source) -> None:
+    """Raise UserError if this run's CRF config differs from the one a trained CRF-RNN layer
+    was trained with (its kernel widths come from it: `crf=...` on the command line would
+    silently replace them). `overrides`: the checkpoint's recorded ones (`++crf.<key>=...`)."""
+    recorded = {}
+    for override in overrides or []:
+        key, _, value = override.lstrip("+").partition("=")
+        if key.startswith("crf."):
+            recorded[key[4:]] = OverridesParser.create().parse_override(override).value()
+    changed = [k for k, v in recorded.items() if k in crf and crf[k] != v]
+    if changed:
+        listed = "; ".join(
+            f"crf.{k} {hydra_value(recorded[k])} (this run: {hydra_value(crf[k])})" for k in changed
+        )
+        raise UserError(
+            f"checkpoint {source} holds a CRF-RNN layer trained with other CRF kernels: "
+            f"{listed}. Leave crf= and crf.* out (the trained kernels apply); a post-hoc CRF "
+            "on the network alone is crf_eval.py's job"
+        )
 
 
 def check_classes(meta: dict | None, num_classes: int, source) -> None:
@@ -154,8 +205,10 @@ def checked_state(
             ".ckpt written by train.py"
         )
     state, meta = network_state(checkpoint), checkpoint.get("deeplab")
+    check_record(checkpoint if is_converted(checkpoint) else meta, source)
     if is_converted(checkpoint):  # python -m deeplab.convert output (docs/caffe.md)
         state, meta = converted_checkpoint(checkpoint, source)
+    check_finite(state, source)
     check_classes(meta, num_classes, source)
     check_model_config(meta, model, source, training)
     check_compatible(state, net, meta, num_classes, source, model)
@@ -172,9 +225,13 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
 def check_readable(path: str | Path, key: str = "ckpt_path") -> None:
     """Raise UserError unless `path` is a whole checkpoint archive (torch writes zip files; a
     truncated copy has lost its central directory) of tensors and plain values only, without
-    loading its tensors: Lightning reads it later, in torch's words."""
+    loading them whole: Lightning reads it later, in torch's words. Its record is read as a
+    handed file's (`handed_config`) and its weights must be finite."""
     read_file(lambda p: zipfile.ZipFile(p).close(), path, "checkpoint", _fix(key))
-    read_tensors(path, "checkpoint", _fix(key), mmap=True)
+    checkpoint = read_tensors(path, "checkpoint", _fix(key), mmap=True)
+    if isinstance(checkpoint, dict):
+        check_record(checkpoint.get("deeplab"), path)
+        check_finite(network_state(checkpoint), path)
 
 
 def _fix(key: str) -> str:

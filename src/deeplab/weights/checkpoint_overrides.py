@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from deeplab.runtime.config import CONF_DIR, hydra_value
+from deeplab.weights.handed_config import checked_overrides
 
 # Fields that never change what a trained network computes: weight files used only to
 # initialise training, and the class count (checked on its own, with its own fix: the data set).
@@ -212,8 +213,9 @@ def still_applying(saved: list[str], given: list[str]) -> list[str]:
 
 
 def saved_overrides(path: str) -> list[str]:
-    """The overrides a checkpoint (its record's `overrides`) or a converted Caffe file carries;
-    none for a file that does not read as either (the run then names its problem)."""
+    """The overrides a checkpoint (its record's `overrides`) or a converted Caffe file carries,
+    read against the allowlist of `handed_config` (a UserError names one it refuses); none for a
+    file that does not read as either (the run then names its problem)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # missing, truncated, unsafe: reported where the checkpoint is loaded
@@ -221,8 +223,9 @@ def saved_overrides(path: str) -> list[str]:
     if not isinstance(obj, dict):
         return []
     record = obj.get("deeplab") if "deeplab" in obj else obj
-    overrides = record.get("overrides") if isinstance(record, dict) else None
-    return [str(o) for o in overrides] if isinstance(overrides, list) else []
+    if not isinstance(record, dict) or "overrides" not in record:
+        return []
+    return checked_overrides(record["overrides"], f"checkpoint {path}")
 
 
 def with_checkpoint_overrides(argv: list[str]) -> list[str]:

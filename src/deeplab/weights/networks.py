@@ -13,6 +13,7 @@ from deeplab.models.fcn import FCN
 from deeplab.models.msc import MSC
 from deeplab.runtime.errors import UserError
 from deeplab.weights.checkpoint import network_state, read_checkpoint
+from deeplab.weights.handed_config import check_finite
 from deeplab.weights.pretrained import (
     apply_plan,
     load_pretrained,
@@ -66,6 +67,7 @@ def load_previous_stage(net: FCN, path: str | Path) -> None:
     zero / bilinear init (paper.md §9). The previous stage's final upsampler is dropped.
     """
     state = network_state(read_checkpoint(path, key="model.init_from"))
+    check_finite(state, f"model.init_from={path}")
     own = net.state_dict()
     missing = [k for k in own if k.startswith(("backbone.", "head.")) and k not in state]
     unexpected = [k for k in state if k not in own and not k.startswith("upscore.")]

@@ -24,6 +24,7 @@ from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_tensors
 from deeplab.weights.caffe.converter import convert
 from deeplab.weights.conventions import PRETRAINED, PRETRAINED_FIX, is_converted, of_converted
+from deeplab.weights.handed_config import check_finite, check_record
 
 Transform = Callable[[Tensor], Tensor]
 Plan = list[tuple[str, str, Transform]]
@@ -44,12 +45,15 @@ def read_weights(path: str | Path) -> dict:
         return convert(path)
     state = read_tensors(path, PRETRAINED, PRETRAINED_FIX)
     if is_converted(state):
+        check_record(state, f"{PRETRAINED} {path}")
+        check_finite(state["state_dict"], f"{PRETRAINED} {path}")
         return state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(
             f"{path} is neither a state dict of tensors (torchvision format) nor a file written "
             "by python -m deeplab.convert"
         )
+    check_finite(state, f"{PRETRAINED} {path}")
     return state
 
 
