@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from omegaconf import OmegaConf
 from PIL import Image
 from test_predict import MODEL, untrained_checkpoint
 
@@ -26,19 +27,30 @@ from deeplab.data.images import read_rgb
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.pipeline import (
     SkippedImages,
+    build_network,
     evaluate,
+    load_weights,
     predict,
     train,  # noqa: I001
 )
+from deeplab.export import export
+from deeplab.export import main as export_main
+from deeplab.runtime import atomic as run_atomic
 from deeplab.runtime import run_lock
-from deeplab.runtime.atomic import check_writable
+from deeplab.runtime.atomic import check_writable, written_atomically
 from deeplab.runtime.cli import check_command_line
-from deeplab.runtime.config import compose
+from deeplab.runtime.config import compose, instantiate
 from deeplab.runtime.errors import UserError
 from deeplab.weights import conventions
 from deeplab.weights.caffe.caffe_pb import BlobProto
 from deeplab.weights.caffe.caffemodel import blob_array
-from deeplab.weights.checkpoint import check_readable, read_checkpoint
+from deeplab.weights.checkpoint import (
+    check_class_list,
+    check_crf_kernels,
+    check_readable,
+    read_checkpoint,
+)
+from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
 from deeplab.weights.pretrained import read_weights
 
 # --- handed files: read as data, never as code ----------------------------------------------------
@@ -447,3 +459,205 @@ def test_train_py_refuses_a_misspelt_added_key_and_an_unlexable_value(tmp_path):
                              text=True, timeout=300)  # fmt: skip
         assert run.returncode == 2, run.stderr
         assert expected in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+# --- a handed file's record is data: an allowlist, never code or paths ---------------------------
+
+FORBIDDEN_OVERRIDES = [
+    "++model._target_=shutil.copy",
+    "++model._args_=[a,b]",
+    "+hydra.callbacks.x._target_=shutil.copy",
+    "hydra.run.dir=/tmp/elsewhere",
+    "++output_dir=/tmp/elsewhere",
+    "++save_probs=/tmp/elsewhere",
+    "++data.root=${oc.env:HOME}",
+    "++data._target_=shutil.copy",
+    "++model.backbone.pretrained=/etc/passwd",
+    "++model.rates={_target_:shutil.copy}",
+    "model@hydra.run=largefov",
+    "~model.rates",
+    "data=../../evil",
+    "++model.rates=choice(6,12)",
+]
+
+
+def recorded_checkpoint(path: Path, record: dict, nan: bool = False) -> Path:
+    """The MODEL network's untrained weights (predict's config) with `record` as its `deeplab`
+    record; `nan`: one weight NaN."""
+    untrained_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)
+    if nan:
+        next(iter(checkpoint["state_dict"].values())).view(-1)[0] = float("nan")
+    torch.save({**checkpoint, "deeplab": record}, path)
+    return path
+
+
+@pytest.mark.parametrize("bad", FORBIDDEN_OVERRIDES)
+def test_stored_overrides_outside_the_allowlist_are_refused_naming_file_and_key(tmp_path, bad):
+    ckpt = recorded_checkpoint(tmp_path / "x.ckpt", {"overrides": ["data=synthetic", bad]})
+    with pytest.raises(UserError) as refused:
+        with_checkpoint_overrides(["evaluate.py", f"ckpt_path={ckpt}"])
+    message = str(refused.value)
+    assert str(ckpt) in message and "\n" not in message
+    key = bad.lstrip("+~").split("=")[0].split("@")[0]
+    assert key in message or bad in message, message
+
+
+def test_allowed_overrides_pass_as_they_were_recorded(tmp_path):
+    saved = ["data=synthetic", "model=largefov", "crf=synthetic", "++data.limit_val=3",
+             "++model.rates=[12]", "++crf.bi_xy_std=12.0", "tta.pad_to=513",
+             "++data.root='/data/x y'", "++model.crf_rnn=false"]  # fmt: skip
+    ckpt = recorded_checkpoint(tmp_path / "x.ckpt", {"overrides": saved})
+    argv = with_checkpoint_overrides(["evaluate.py", f"ckpt_path={ckpt}"])
+    assert argv[1:-1] == saved
+
+
+def test_evaluate_never_calls_code_a_checkpoint_names(tmp_path):
+    """`++model._target_=shutil.copy` once copied a file to a path the checkpoint chose."""
+    source, copied = tmp_path / "secret.txt", tmp_path / "copied.txt"
+    source.write_text("secret")
+    evil = ["++model._target_=shutil.copy", f"++model._args_=['{source}','{copied}']"]
+    ckpt = recorded_checkpoint(tmp_path / "x.ckpt", {"overrides": ["data=synthetic", *evil]})
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "src/evaluate.py"),
+            f"ckpt_path={ckpt}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO / "src")},
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert str(ckpt) in done.stderr and "model._target_" in done.stderr
+    assert not copied.exists()
+
+
+def model_record(**changes) -> dict:
+    cfg = compose("predict", [*MODEL, "ckpt_path=x", "input=x"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for key, value in changes.items():
+        node = model
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return model
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"_target_": "shutil.copy"},
+        {"backbone._target_": "shutil.copy"},
+        {"backbone._args_": ["a", "b"]},
+        {"rates": "${oc.env:HOME}"},
+        {"hydra": {"run": {"dir": "/tmp/x"}}},
+    ],
+    ids=str,
+)
+def test_export_builds_only_the_projects_networks(tmp_path, changes):
+    marker = tmp_path / "called"
+    changes = {k: [str(tmp_path / "x"), str(marker)] if k.endswith("_args_") else v
+               for k, v in changes.items()}  # fmt: skip
+    record = {"network": "DeepLab", "num_classes": 7, "model": model_record(**changes),
+              "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}}  # fmt: skip
+    ckpt = recorded_checkpoint(tmp_path / "x.ckpt", record)
+    with pytest.raises(UserError, match=f"{ckpt} records 'model"):
+        export(ckpt, tmp_path / "out.pt")
+    assert not marker.exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_resume_and_init_from_checkpoint_read_the_record_as_data(tmp_path):
+    ckpt = recorded_checkpoint(tmp_path / "x.ckpt", {"overrides": ["hydra.run.dir=/tmp/x"]})
+    with pytest.raises(UserError, match=f"{ckpt} records 'hydra.run.dir'"):
+        check_readable(ckpt)  # train.py's resume
+    cfg = compose("predict", [*MODEL, f"ckpt_path={ckpt}", "input=x"])
+    datamodule = instantiate(cfg.data)
+    net = build_network(cfg, datamodule)
+    with pytest.raises(UserError, match=f"{ckpt} records 'hydra.run.dir'"):
+        load_weights(net, ckpt, "init_from_checkpoint", cfg, datamodule)
+
+
+# --- non-finite weights in any handed file --------------------------------------------------------
+
+
+def test_non_finite_weights_are_refused_by_name(tmp_path):
+    record = {"network": "DeepLab", "num_classes": 7, "model": model_record(),
+              "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}}  # fmt: skip
+    ckpt = recorded_checkpoint(tmp_path / "nan.ckpt", record, nan=True)
+    first = next(iter(torch.load(ckpt, weights_only=True)["state_dict"]))
+    cfg = compose("predict", [*MODEL, f"ckpt_path={ckpt}", "input=x", "data.mean=[0,0,0]",
+                              "data.std=[1,1,1]"])  # fmt: skip
+    datamodule = instantiate(cfg.data)
+    net = build_network(cfg, datamodule)
+    for refuse in (
+        lambda: load_weights(net, ckpt, "ckpt_path", cfg, datamodule),  # evaluate, predict
+        lambda: check_readable(ckpt),  # resume
+        lambda: export(ckpt, tmp_path / "out.pt"),
+    ):
+        with pytest.raises(UserError, match=rf"{ckpt} holds non-finite .* in {first[4:]}"):
+            refuse()
+    weights = tmp_path / "vgg16.pth"
+    torch.save({"features.0.weight": torch.tensor([1.0, float("inf")])}, weights)
+    with pytest.raises(UserError, match=f"{weights} holds non-finite .* features.0.weight"):
+        read_weights(weights)
+
+
+# --- no tool writes over another run's or another process's file ----------------------------------
+
+
+def test_two_writers_of_one_file_never_share_a_temporary_name(tmp_path):
+    """Three predicts into one output_dir once collided on `.x.png.tmp`: one died."""
+    dst = tmp_path / "x.txt"
+    with written_atomically(dst) as first:
+        first.write_text("first")
+        with written_atomically(dst) as second:
+            assert second != first
+            second.write_text("second")
+        assert dst.read_text() == "second"
+    assert dst.read_text() == "first" and sorted(tmp_path.iterdir()) == [dst]
+    assert dst.stat().st_mode & 0o777 == 0o666 & ~run_atomic.UMASK
+
+
+def test_evaluate_refuses_the_run_directory_of_a_training(tmp_path):
+    run = tmp_path / "train-run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"val/mIoU": 81.4}')
+    ckpt = untrained_checkpoint(tmp_path / "x.ckpt")
+    cfg = compose("evaluate", [*MODEL, f"ckpt_path={ckpt}"])
+    with pytest.raises(UserError, match=f"hydra.run.dir={run} holds the results of another run"):
+        evaluate(cfg, run)
+    assert (run / "metrics.json").read_text() == '{"val/mIoU": 81.4}'
+
+
+def test_export_to_a_directory_is_one_message(tmp_path, capsys):
+    (tmp_path / "model.onnx").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        export_main([str(tmp_path / "x.ckpt"), str(tmp_path / "model.onnx")])
+    assert stopped.value.code == 2
+    assert f"{tmp_path / 'model.onnx'} is a directory" in capsys.readouterr().err
+
+
+# --- a run's record is the truth: today's files are compared with it ------------------------------
+
+
+def test_a_reordered_class_list_is_refused():
+    record = {"classes": {"names": ["background", "cat", "dog"], "colours": [[0, 0, 0],
+              [128, 0, 0], [0, 128, 0]]}}  # fmt: skip
+    palette = np.array([[0, 0, 0], [128, 0, 0], [0, 128, 0]])
+    check_class_list(record, ["background", "cat", "dog"], palette, "x.ckpt")
+    with pytest.raises(UserError, match="class 1 is 'cat' in the checkpoint, 'dog' now"):
+        check_class_list(record, ["background", "dog", "cat"], palette, "x.ckpt")
+    with pytest.raises(UserError, match="other class colours"):
+        check_class_list(record, ["background", "cat", "dog"], palette[::-1], "x.ckpt")
+
+
+def test_crf_on_a_trained_crf_rnn_must_not_replace_its_kernels():
+    recorded = ["crf=synthetic", "++crf.pos_xy_std=1.0", "++crf.bi_xy_std=12.0"]
+    check_crf_kernels(recorded, {"pos_xy_std": 1.0, "bi_xy_std": 12.0, "iterations": 10}, "x")
+    with pytest.raises(UserError, match=r"crf.bi_xy_std 12.0 \(this run: 80.0\)"):
+        check_crf_kernels(recorded, {"pos_xy_std": 1.0, "bi_xy_std": 80.0}, "x")
