@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from deeplab.export import export
 from deeplab.runtime.config import compose, network_config
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
+from deeplab.weights.checkpoint_overrides import recorded_split_dir, with_run_split_dir
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"background": (0, 0, 0), "cat": (200, 40, 40), "dog": (40, 200, 40)}
@@ -312,3 +314,110 @@ def test_fine_tuning_converted_voc_weights_reinitialises_the_classifier(tmp_path
     assert "re-initialised, not loaded: head.branches.0.fc8.weight (21, " in caplog.text
     fc7 = converted["state_dict"]["head.branches.0.fc7.weight"]
     torch.testing.assert_close(net.head.branches[0].fc7.weight.data, fc7)
+
+
+# --- own data read exactly, or refused by name (docs/faults.md) -----------------------------------
+
+
+def one_line_error(root: Path) -> str:
+    """What train.py reports for `root` (through the class-count resolver): one line."""
+    with pytest.raises(UserError) as refused:
+        check_config(compose("train", ["data=folder", f"data.root={root}"]))
+    message = str(refused.value)
+    assert "\n" not in message and "full_key" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (b"a\n# comment\n\nb\na\n", r"classes.txt line 5: class 'a' is listed twice"),
+        (b"background\ncat \xe9\n", r"classes.txt is not UTF-8 text \(byte 15\): save it as UTF-8"),
+        (b"cat 1.5 2 3\ndog\n", r"line 1: colour 1.5 2 3 must be three 0-255 integers"),
+        (b"cat 300 0 0\ndog\n", r"line 1: colour 300 0 0 must be three 0-255 integers"),
+        (b"0 0 0\ndog\n", r"line 1: the colour has no class name"),
+        (b"# one class\nthing\n", r"lists one class \('thing'\): segmentation needs two"),
+        (
+            "".join(f"c{i} {i % 256} {i // 256} 9\n" for i in range(300)).encode(),
+            r"lists 300 classes; masks here hold at most 255",
+        ),
+    ],
+    ids=["line-numbers", "latin-1", "float-colour", "colour-300", "no-name", "one-class", "300"],
+)
+def test_a_bad_classes_txt_is_one_line_with_its_true_line_number(tmp_path, text, match):
+    root = make_folder(tmp_path / "pets")
+    (root / "classes.txt").write_bytes(text)
+    assert re.search(match, one_line_error(root))
+    with pytest.raises(UserError, match=match):
+        module(root)
+
+
+def test_a_directory_named_like_a_file_is_called_a_directory(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "classes.txt").unlink()
+    (root / "classes.txt").mkdir()
+    assert "classes.txt is a directory" in one_line_error(root)
+    root = make_folder(tmp_path / "cats")
+    (root / "images" / "zz.jpg").mkdir()
+    with pytest.raises(UserError, match=r"images/zz.jpg is a directory, not one of the images"):
+        val_masks(module(root))
+
+
+def test_ids_differing_only_by_case_or_whitespace_are_refused_by_name(tmp_path):
+    root = make_folder(tmp_path / "a")
+    shutil.copy(root / "masks" / "img0.png", root / "masks" / "img0.PNG")
+    with pytest.raises(UserError, match=r"two masks with one id: img0.PNG / img0.png"):
+        val_masks(module(root))
+    root = make_folder(tmp_path / "b")
+    shutil.copy(root / "images" / "img0.jpg", root / "images" / "IMG0.jpg")
+    with pytest.raises(UserError, match=r"two images with one id: IMG0.jpg / img0.jpg"):
+        val_masks(module(root))
+    root = make_folder(tmp_path / "c")
+    (root / "images" / "img0.jpg").rename(root / "images" / "img0 .jpg")
+    (root / "masks" / "img0.png").rename(root / "masks" / "img0 .png")
+    with pytest.raises(UserError, match=r"names begin or end with whitespace: 'img0 .jpg'"):
+        val_masks(module(root))
+
+
+def test_split_lists_read_ids_exactly_as_written(tmp_path):
+    """An id beginning with `#` is an id: taken as a comment, its val image was trained on."""
+    root = make_folder(tmp_path / "pets")
+    (root / "images" / "img0.jpg").rename(root / "images" / "#0.jpg")
+    (root / "masks" / "img0.png").rename(root / "masks" / "#0.png")
+    (root / "val.txt").write_text("#0\nimg1\n")
+    dm = module(root)
+    assert dm.split_ids("val") == ["#0", "img1"] and "#0" not in dm.split_ids("train")
+
+
+def test_masks_with_class_values_beyond_8_bits_are_never_wrapped(tmp_path):
+    """A 16-bit mask value 263 was once read as class 7 (263 mod 256)."""
+    root = make_folder(tmp_path / "pets")
+    wide = np.zeros((24, 32), np.uint16)
+    wide[3, 3] = 263
+    Image.fromarray(wide).save(root / "masks" / "img0.png")
+    assert Image.open(root / "masks" / "img0.png").mode.startswith("I")
+    (root / "val.txt").write_text("img0\n")
+    with pytest.raises(UserError, match=r"img0.png holds values 263, neither a class"):
+        val_masks(module(root))
+
+
+def test_a_trained_networks_split_is_read_back_never_drawn_again(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    run = tmp_path / "run"
+    with pytest.raises(MissingFileError, match=r"the split this network was trained on is not"):
+        module(root, split_dir=str(run / "splits"), draw_split=False).split_ids("val")
+    assert not (run / "splits").exists() and not (root / "val.txt").exists()
+    module(root, val_fraction=0.5, split_dir=str(run / "splits")).split_ids("val")
+    drawn = (run / "splits" / "val.txt").read_text()
+    # the run moves, images are added: the recorded (relative) split still reads back exactly
+    assert recorded_split_dir(str(run / "splits"), run) == "splits"
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    for i in (6, 7, 8):
+        shutil.copy(root / "images" / "img0.jpg", root / "images" / f"new{i}.jpg")
+        shutil.copy(root / "masks" / "img0.png", root / "masks" / f"new{i}.png")
+    (moved / "checkpoints").mkdir()
+    overrides = with_run_split_dir(["++data.split_dir='splits'"], moved / "checkpoints" / "x")
+    assert overrides == [f"++data.split_dir='{moved / 'splits'}'"]
+    dm = module(root, split_dir=str(moved / "splits"), draw_split=False)
+    assert "".join(f"{i}\n" for i in dm.split_ids("val")) == drawn

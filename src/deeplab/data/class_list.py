@@ -15,9 +15,20 @@ from deeplab.runtime.user_files import read_file
 IGNORE_NAME = "ignore"
 
 
+# Masks hold class indices in 8 bits with 255 for void (losses, metrics, palette PNGs): classes
+# 0..254. A wider set would need 16-bit masks end to end; it is refused by name instead.
+MAX_CLASSES = 255
+
+
 class FolderError(UserError, InterpolationResolutionError):
     """A UserError that OmegaConf passes through unwrapped when `classes.txt` is read while
-    resolving `data.num_classes` (it wraps any other exception type in its own)."""
+    resolving `data.num_classes` (it wraps any other exception type in its own). OmegaConf
+    rebuilds it with two lines of its own (`full_key: ...`, `object_type=...`) appended: only
+    the first line, the project's message, is kept."""
+
+    def __init__(self, message: str = "", *args):
+        super().__init__(message, *args)
+        self.args = (str(message).split("\n")[0],)  # OmegaConf's base leaves `args` as given
 
 
 @dataclass
@@ -34,16 +45,44 @@ class ClassList:
         return any(c is not None for c in self.colours)
 
 
+def numbered_lines(path: Path, what: str, fix: str, comments: bool) -> list[tuple[int, str]]:
+    """(line number in the file, text) of each non-empty line of a text file written by any
+    tool (BOM, CRLF, tabs), surrounding whitespace removed; `comments`: lines starting with `#`
+    are skipped too (classes.txt; split lists have no comments: an id may start with `#`)."""
+
+    def read(p: Path) -> str:
+        try:
+            return p.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"{what} {p} is not UTF-8 text (byte {err.start}): save it as UTF-8"
+            ) from None
+
+    text = read_file(read, path, what, fix)
+    lines = ((n, line.strip()) for n, line in enumerate(text.splitlines(), 1))
+    return [(n, s) for n, s in lines if s and not (comments and s.startswith("#"))]
+
+
 def read_lines(path: Path, what: str, fix: str) -> list[str]:
-    """Non-empty, non-comment lines of a text file written by any tool (BOM, CRLF, tabs)."""
-    text = read_file(lambda p: p.read_text(encoding="utf-8-sig"), path, what, fix)
-    lines = (line.strip() for line in text.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
+    """The ids of a split list, exactly as written one per line (no comment syntax)."""
+    return [line for _, line in numbered_lines(path, what, fix, comments=False)]
 
 
-def parse_colour(words: list[str]) -> tuple[int, int, int] | None:
-    if len(words) < 4 or not all(w.lstrip("-").isdigit() for w in words[-3:]):
+def _number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_colour(words: list[str], where: str) -> tuple[int, int, int] | None:
+    """The `R G B` that ends a line, None when the line gives none; FolderError for numbers
+    that are no 0-255 colour (`cat 1.5 2 3`, `cat 300 0 0`)."""
+    if len(words) < 3 or not all(_number(w) for w in words[-3:]):
         return None
+    if not all(w.isdigit() and int(w) <= 255 for w in words[-3:]):
+        raise FolderError(f"{where}: colour {' '.join(words[-3:])} must be three 0-255 integers")
     return tuple(int(w) for w in words[-3:])
 
 
@@ -53,26 +92,41 @@ def read_classes(root: str | Path) -> ClassList:
     fix = "write one class name per line in index order (0 first), optionally followed by R G B"
     if not Path(root).is_dir():
         raise FolderError(f"data.root={root} is not a folder: point data.root at your data set")
-    if not path.is_file():
+    if not path.exists():
         raise FolderError(f"{path} is missing: {fix}")
+    try:
+        lines = numbered_lines(path, "class list", fix, comments=True)
+    except UserError as err:  # a directory, not UTF-8, unreadable: as the resolver's message
+        raise FolderError(str(err)) from None
     result = ClassList([])
-    for number, line in enumerate(read_lines(path, "class list", fix), 1):
+    for number, line in lines:
+        where = f"{path} line {number}"
         words = line.split()
-        colour = parse_colour(words)
+        colour = parse_colour(words, where)
         name = " ".join(words[:-3]) if colour else line
-        if colour and not all(0 <= c <= 255 for c in colour):
-            raise FolderError(f"{path} line {number}: colour {colour} must be three 0-255 values")
+        if not name:
+            raise FolderError(f"{where}: the colour has no class name: {fix}")
         if name.lower() == IGNORE_NAME:
             if colour is None:
-                raise FolderError(f"{path} line {number}: give the void colour, `ignore R G B`")
+                raise FolderError(f"{where}: give the void colour, `ignore R G B`")
             result.ignore_colour = colour
             continue
         if name in result.names:
-            raise FolderError(f"{path} line {number}: class {name!r} is listed twice")
+            raise FolderError(f"{where}: class {name!r} is listed twice")
         result.names.append(name)
         result.colours.append(colour)
     if not result.names:
         raise FolderError(f"{path} lists no class: {fix}")
+    if len(result.names) == 1:
+        raise FolderError(
+            f"{path} lists one class ({result.names[0]!r}): segmentation needs two or more; "
+            "add the background (or whatever the other pixels are) as class 0"
+        )
+    if len(result.names) > MAX_CLASSES:
+        raise FolderError(
+            f"{path} lists {len(result.names)} classes; masks here hold at most {MAX_CLASSES} "
+            f"(0..{MAX_CLASSES - 1}, 255 marks void): merge classes to {MAX_CLASSES} or fewer"
+        )
     given = [c for c in [*result.colours, result.ignore_colour] if c is not None]
     if len(set(given)) < len(given):
         raise FolderError(f"{path}: two lines share a colour; every class needs its own")

@@ -6,7 +6,9 @@
     DIR/classes.txt         one class per line in index order: `name` or `name R G B`;
                             a line `ignore R G B` names the void colour (not a class)
     DIR/train.txt, val.txt  optional split lists (one id per line); without them a seeded split
-                            (data.val_fraction, data.seed) is written to data.split_dir
+                            (data.val_fraction, data.seed) is written to data.split_dir, which
+                            a training's checkpoints record (relative to the run) and evaluate
+                            reads back, never drawing it again
 
 The class count comes from classes.txt through the `deeplab_folder_classes` resolver
 (conf/data/folder.yaml), so `data.num_classes` and the models' `num_classes` need no typing.
@@ -58,23 +60,8 @@ def scan(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
                 f"{folder} is missing: data=folder reads DIR/images/<id>.jpg (or .png, ...) and "
                 "DIR/masks/<id>.png (docs/own-data.md)"
             )
-    images: dict[str, Path] = {}
-    twice: list[str] = []
-    for path in sorted(images_dir.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in images:
-                twice.append(f"{images[path.stem].name} / {path.name}")
-            images[path.stem] = path
-    if twice:
-        raise UserError(
-            f"{images_dir} holds two images with one id: {listed(twice)}; rename or remove one "
-            "of each pair (an id names one image and its mask)"
-        )
-    masks = {
-        p.stem: p
-        for p in sorted(masks_dir.iterdir())
-        if p.suffix.lower() == ".png" and not p.name.startswith(".")
-    }
+    images = by_id(images_dir, IMAGE_SUFFIXES, "images")
+    masks = by_id(masks_dir, (".png",), "masks")
     no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
     if no_mask:
         raise UserError(
@@ -89,6 +76,41 @@ def scan(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     if not images:
         raise UserError(f"{images_dir} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return images, masks
+
+
+def by_id(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+    """{id: path} of the files in `folder` with one of `suffixes` (any case). Refused by name:
+    a directory with such a name (`zz.jpg/`), and ids that one id could mean: the same but for
+    case (`a.png` / `a.PNG`, `a.jpg` / `A.jpg`: one file on some file systems) and ids with
+    surrounding whitespace (split lists are read stripped)."""
+    found: dict[str, Path] = {}
+    folded: dict[str, Path] = {}
+    twice, spaced = [], []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            continue
+        if path.is_dir():
+            raise UserError(
+                f"{path} is a directory, not one of the {what}: move it out of {folder}"
+            )
+        if path.stem != path.stem.strip():
+            spaced.append(repr(path.name))
+        key = path.stem.strip().casefold()
+        if key in folded:
+            twice.append(f"{folded[key].name} / {path.name}")
+        folded[key] = found[path.stem] = path
+    if twice:
+        raise UserError(
+            f"{folder} holds two {what} with one id: {listed(twice)}; rename or remove one of "
+            "each pair (an id names one image and its mask; ids differing only in case are one "
+            "file on some file systems)"
+        )
+    if spaced:
+        raise UserError(
+            f"{folder} holds {what} whose names begin or end with whitespace: {listed(spaced)}; "
+            "rename them (split lists cannot tell such ids apart)"
+        )
+    return found
 
 
 class FolderDataset(SegmentationDataset):
@@ -178,6 +200,7 @@ class FolderDataModule(SegmentationDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         split_dir: str | None = None,
+        draw_split: bool = True,
         **kwargs,
     ):
         self.class_list = read_classes(root)
@@ -195,6 +218,7 @@ class FolderDataModule(SegmentationDataModule):
         self.palette = palette_of(self.class_list)
         self.val_fraction, self.seed = val_fraction, seed
         self.split_dir = Path(split_dir) if split_dir else None
+        self.draw_split = draw_split  # False: a trained network's split is read, never redrawn
         self.ids: dict[str, list[str]] | None = None
 
     def split_lists(self) -> dict[str, list[str]]:
@@ -214,9 +238,16 @@ class FolderDataModule(SegmentationDataModule):
                     f"{given[split]} names ids with no image in {self.root / 'images'}: "
                     f"{listed(unknown)}; fix the list or add the images"
                 )
+        if not lists and not self.draw_split and self.split_dir is not None:
+            raise MissingFileError(
+                f"the split this network was trained on is not in {self.split_dir} (train.txt, "
+                "val.txt), and drawing it again from today's images could put training images "
+                "in val: pass data.split_dir=<the training run's splits folder>"
+            )
         if not lists:
             lists = self.seeded_split(sorted(images))
-            self.write_split(lists)
+            if self.draw_split:
+                self.write_split(lists)
         for split, other in (("train", "val"), ("val", "train")):
             if split not in lists:
                 lists[split] = sorted(set(images) - set(lists[other]))

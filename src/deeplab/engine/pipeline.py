@@ -40,7 +40,7 @@ from deeplab.weights.checkpoint import (
     network_state,
     read_checkpoint,
 )
-from deeplab.weights.checkpoint_overrides import run_overrides
+from deeplab.weights.checkpoint_overrides import recorded_split_dir, run_overrides
 
 # What predict.py reads from a folder: every format `read_rgb` decodes (other files are listed)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -114,26 +114,40 @@ def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.M
     return net
 
 
+def trained_data(cfg: DictConfig):
+    """The data set of a trained network (evaluate, predict): its split is read back as the
+    training recorded it, never drawn again (`data.split_dir`, docs/own-data.md)."""
+    if "split_dir" in cfg.data:
+        return instantiate(cfg.data, draw_split=False)
+    return instantiate(cfg.data)
+
+
 def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
     """`build_network` with the weights of `cfg.ckpt_path` (`load_weights`: a mismatch names the
     overrides that fix it)."""
     return load_weights(build_network(cfg, datamodule), cfg.ckpt_path, "ckpt_path", cfg, datamodule)
 
 
-def rebuild_overrides(cfg: DictConfig) -> list[str]:
+def rebuild_overrides(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
     """What this run's checkpoints record so that evaluate / predict need only their path: the
-    resolved model and data configs, the data root made absolute (runs start anywhere)."""
+    resolved model and data configs, the data root made absolute (runs start anywhere), a split
+    folder inside the run relative to it (`run_split_dir`: the run may move)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if data.get("root"):
         data["root"] = str(Path(data["root"]).expanduser().resolve())
+    if data.get("split_dir") and run_dir is not None:
+        data["split_dir"] = recorded_split_dir(data["split_dir"], run_dir)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     # A CRF-RNN layer takes its kernel widths from the crf config: it travels too.
     crf = OmegaConf.to_container(cfg.crf, resolve=True) if cfg.model.get("crf_rnn") else None
     return run_overrides(model_config(cfg), data, choices, crf)
 
 
-def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
-    """The LightningModule for `net` with the run's optimizer, schedule and CRF settings."""
+def build_module(
+    cfg: DictConfig, datamodule, net: torch.nn.Module, run_dir: Path | None = None, **kwargs
+) -> SegmentationModule:
+    """The LightningModule for `net` with the run's optimizer, schedule and CRF settings;
+    `run_dir`: a training's, which its checkpoints' record refers to."""
     crf = instantiate(cfg.crf) if cfg.get("crf") else None
     optim = dict(cfg.get("optim") or {})
     optim["optimizer"] = optim.pop("name", "sgd")
@@ -148,7 +162,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         ignore_index=datamodule.ignore_index,
         keep_samples=cfg.get("val_samples", 0),
         model_config=model_config(cfg),
-        run_overrides=rebuild_overrides(cfg),
+        run_overrides=rebuild_overrides(cfg, run_dir),
         palette=datamodule.palette,
         net_loss_weight=cfg.model.get("crf_rnn_aux_loss_weight", 0.0),
         **optim,
@@ -176,7 +190,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
     net = build_network(cfg, datamodule)
     if cfg.get("init_from_checkpoint"):  # stage 2 of CRF-RNN training, or any fine-tuning
         load_weights(net, cfg.init_from_checkpoint, "init_from_checkpoint", cfg, datamodule)
-    module = build_module(cfg, datamodule, net)
+    module = build_module(cfg, datamodule, net, run_dir)
     loggers = build_loggers(cfg.get("logger"), run_dir, "train")
     throughput = Throughput()
     stop = SaveOnSigterm(last)
@@ -281,7 +295,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
         check_writable(cfg.save_probs, "save_probs")
     run_dir = Path(run_dir)
     check_own_run_dir(run_dir, cfg.ckpt_path)
-    datamodule = instantiate(cfg.data)
+    datamodule = trained_data(cfg)
     net = wrap(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     loggers = build_loggers(cfg.get("logger"), run_dir, "evaluate", str(cfg.ckpt_path))
@@ -353,7 +367,7 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
     files, skipped = image_files(cfg.input)
     names = output_names(files)
-    datamodule = instantiate(cfg.data)  # class count, palette, normalization only
+    datamodule = trained_data(cfg)  # class count, palette, normalization only
     device = torch.device(
         cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )

@@ -9,7 +9,10 @@ comes first, since a field override alone cannot turn one group option into anot
 the switch leaves wrong.
 """
 
+from pathlib import Path
+
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from deeplab.runtime.config import CONF_DIR, hydra_value
@@ -228,6 +231,38 @@ def saved_overrides(path: str) -> list[str]:
     return checked_overrides(record["overrides"], f"checkpoint {path}")
 
 
+# A checkpoint's run folder is the parent of its `checkpoints/` folder; a split folder inside the
+# run is recorded relative to it (`++data.split_dir='splits'`), so a moved run still finds it.
+SPLIT_DIR_KEY = "data.split_dir"
+
+
+def recorded_split_dir(split_dir: str, run_dir: Path) -> str:
+    """`split_dir` as a checkpoint records it: relative to `run_dir` when inside it."""
+    path, run = Path(split_dir).resolve(), Path(run_dir).resolve()
+    return str(path.relative_to(run)) if path.is_relative_to(run) else str(path)
+
+
+def run_folder(checkpoint: Path) -> Path:
+    """The run folder of a train.py checkpoint (`<run>/checkpoints/last.ckpt`)."""
+    folder = checkpoint.resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def with_run_split_dir(overrides: list[str], checkpoint: Path) -> list[str]:
+    """The recorded overrides with a relative split folder made absolute, from the checkpoint's
+    run folder."""
+    out = []
+    parser = OverridesParser.create()
+    for override in overrides:
+        if _key(override) == SPLIT_DIR_KEY:
+            value = parser.parse_override(override).value()
+            if isinstance(value, str) and not Path(value).is_absolute():
+                value = str(run_folder(checkpoint) / value)
+                override = f"++{SPLIT_DIR_KEY}={_typed(value)}"
+        out.append(override)
+    return out
+
+
 def with_checkpoint_overrides(argv: list[str]) -> list[str]:
     """A command line `[script, *args]` with the overrides of its `ckpt_path=` file put before
     its own (which win): `python src/evaluate.py ckpt_path=X` rebuilds X's network, data set,
@@ -238,7 +273,7 @@ def with_checkpoint_overrides(argv: list[str]) -> list[str]:
     paths = [a.split("=", 1)[1] for a in given if _key(a) == "ckpt_path" and "=" in a]
     if len(paths) != 1 or "," in paths[0]:  # a sweep over checkpoints: each job's own call
         return argv
-    saved = saved_overrides(paths[0])
+    saved = with_run_split_dir(saved_overrides(paths[0]), Path(paths[0]))
     if not saved:
         return argv
     return [script, *others, *still_applying(saved, given), *given]
