@@ -176,3 +176,34 @@ def test_crf_eval_multirun_writes_metrics_per_job(probs_dir, tmp_path):
     for m in metrics:
         assert m["num_images"] == 3 and {"val/mIoU", "val_crf/mIoU", "val_crf/IoU"} <= set(m)
     assert metrics[1]["val_crf/mIoU"] > metrics[1]["val/mIoU"]
+
+
+def test_a_score_log_holds_the_scores_of_exactly_these_probabilities(probs_dir, capsys):
+    """Saved again under the same names, the probabilities once got the old log's best."""
+    common = [str(probs_dir), "--limit", "1", "--backend", "torch", "--bi-w", "5",
+              "--bi-xy-std", "20", "--bi-rgb-std", "10", "--no-fine",
+              "--out", str(probs_dir / "s.json")]  # fmt: skip
+    main(common)
+    save_probabilities(probs_dir / "img0", *two_squares(7))  # same name, other content
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        main(common)
+    assert refused.value.code == 2
+    assert re.search(r"another search \(different content\).*--restart", capsys.readouterr().err)
+
+
+def test_a_mask_value_above_the_class_count_is_one_message(tmp_path, capsys):
+    image, probs, mask = two_squares(0)
+    mask[5, 5] = 9
+    save_probabilities(tmp_path / "img0", image, probs, mask)
+    with pytest.raises(SystemExit) as refused:
+        main([str(tmp_path), "--backend", "torch", "--bi-w", "5", "--no-fine"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and err.count("\n") == 1
+    assert f"{tmp_path / 'img0.npz'}: its mask holds values [9], neither one of its 3" in err
+
+
+def test_a_text_file_named_npz_is_not_said_to_hold_pickled_data(tmp_path):
+    (tmp_path / "x.npz").write_text("just some notes\n")
+    with pytest.raises(ValueError, match=r"x.npz is not an .npz archive \(not a zip file\)"):
+        load_probabilities(tmp_path / "x.npz")

@@ -5,6 +5,7 @@ Format, one file per image: `image` uint8 (H, W, 3) RGB; `probs` float16 or floa
 softmax at image resolution; `mask` uint8 or int64 (H, W) ground truth, 255 = ignore.
 """
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,11 @@ def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not zipfile.is_zipfile(path):  # numpy would call any other file "pickled data"
+        raise UserError(
+            f"probabilities file {path} is not an .npz archive (not a zip file): delete it and "
+            "save the probabilities again with `python src/evaluate.py ... save_probs=<dir>`"
+        )
     # allow_pickle=False: an object array would unpickle (run code) from a handed file
     with np.load(path, allow_pickle=False) as data:  # members decompress on access: read here
         missing = {"image", "probs", "mask"} - set(data.files)

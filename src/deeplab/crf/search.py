@@ -12,6 +12,7 @@ as a table in a W&B run (job type `crf_search`, offline unless logged in; docs/w
 """
 
 import argparse
+import hashlib
 import itertools
 import json
 import time
@@ -23,7 +24,7 @@ import torch
 from deeplab.crf.dense_crf import BACKENDS, DenseCRF, default_backend
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
-from deeplab.data.classes import VOC_CLASSES
+from deeplab.data.classes import IGNORE_INDEX, VOC_CLASSES
 from deeplab.data.metrics import confusion_matrix, scores
 from deeplab.runtime.atomic import check_writable, written_atomically
 from deeplab.runtime.cli import reports_user_errors
@@ -41,11 +42,19 @@ AXES = tuple(COARSE)
 
 
 def load_split(probs_dir, limit: int | None = 100) -> tuple[list, list, list]:
-    """Images, probs (float16, to halve the memory of 100 full-size maps) and masks."""
+    """Images, probs (float16, to halve the memory of 100 full-size maps) and masks; a mask
+    value that is neither a class of its probabilities nor void is refused naming the file."""
     images, probs, masks = [], [], []
     files = probability_files(probs_dir, limit)
     for path in track(files, f"loading {probs_dir}", unit="files"):
         image, p, mask = load_probabilities(path)
+        bad = np.unique(mask[(mask >= p.shape[0]) & (mask != IGNORE_INDEX)])
+        if bad.size:
+            raise UserError(
+                f"probabilities file {path}: its mask holds values {bad[:8].tolist()}, neither "
+                f"one of its {p.shape[0]} classes nor void ({IGNORE_INDEX}): save the "
+                "probabilities again with the data set they were computed on"
+            )
         images.append(image)
         probs.append(p.astype(np.float16))
         masks.append(mask)
@@ -88,6 +97,16 @@ def fine_grid(best: dict, steps: dict) -> dict:
 
 def half_spacing(values: list[float]) -> float:
     return (min(np.diff(sorted(values))) / 2) if len(values) > 1 else values[0] / 10
+
+
+def content_digest(files: list[Path]) -> str:
+    """SHA-256 over the bytes of `files`: a score log holds the scores of exactly these
+    probabilities (saved again under the same names, the old scores would be reported)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
 
 
 class ScoreLog:
@@ -277,9 +296,10 @@ def run_search(args: argparse.Namespace) -> dict:
     }  # fmt: skip
     # Before the (long) loading, so that a log of another search is refused at once.
     out = args.out or Path(args.probs_dir) / "crf_search.json"
-    names = [p.name for p in probability_files(args.probs_dir, args.limit or None)]
+    files = probability_files(args.probs_dir, args.limit or None)
     check_writable(out.parent, "--out")
-    log = ScoreLog(out.with_suffix(".jsonl"), {**crf_kwargs, "images": names}, args.restart)
+    header = {**crf_kwargs, "images": [p.name for p in files], "content": content_digest(files)}
+    log = ScoreLog(out.with_suffix(".jsonl"), header, args.restart)
     images, probs, masks = load_split(args.probs_dir, args.limit or None)
     unary = score(probs, masks)
     print(

@@ -134,10 +134,13 @@ def check_crf_kernels(overrides: list[str] | None, crf: dict, source) -> None:
 def check_classes(meta: dict | None, num_classes: int, source) -> None:
     """Raise UserError if the checkpoint was trained for another class count."""
     if meta and meta.get("num_classes") != num_classes:
+        converted = "; pass:" in str(meta.get("network"))  # conventions.converted_checkpoint
+        start = f"init=caffe init.path={source}" if converted else "an init=... option"
         raise UserError(
-            f"checkpoint {source} was trained for {meta['num_classes']} classes, but this run has "
-            f"{num_classes} (data.num_classes): pick the data set it was trained on, or start from "
-            "ImageNet weights (model.backbone.pretrained) instead of this checkpoint."
+            f"checkpoint {source} was trained for {meta['num_classes']} classes, but this run's "
+            f"data set has {num_classes}: use it with a data set of {meta['num_classes']} classes "
+            f"(the one it was trained on), or train for this data set with train.py from "
+            f"{start}."
         )
 
 
