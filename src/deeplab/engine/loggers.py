@@ -8,6 +8,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from deeplab.runtime.wandb_runs import (
     PROJECT,
+    check_wandb_folders,
     checkpoint_identity,
     identity,
     offline,
@@ -33,7 +34,7 @@ def wandb_logger(
     with `checkpoint`, the place of the run that trained it); the user's own values win."""
     who = checkpoint_identity(checkpoint, save_dir, job_type) if checkpoint else None
     who = who or identity(save_dir, job_type)
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    check_wandb_folders(save_dir)
     return WandbLogger(
         save_dir=save_dir,
         project=project,

@@ -10,6 +10,8 @@ itself: that is saved unresolved (`${now:...}`) and would resolve to another tim
 
 import netrc
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,9 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from deeplab.runtime.atomic import check_writable
+
 PROJECT = "deeplab-v2"  # conf/logger/wandb.yaml's default project
 TAG_GROUPS = ("experiment", "backbone", "model", "data")  # config groups whose choice is a tag
 RUN_FOLDERS = ("multirun", "outputs")  # Hydra's roots: what follows them names the run or sweep
+REACH_TIMEOUT_S = 3.0  # an online run first checks that the W&B host answers, this long at most
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,45 @@ def wandb_logged_in() -> bool:
         return False
 
 
+def wandb_host() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def reachable(host: str, port: int, timeout: float = REACH_TIMEOUT_S) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def offline() -> bool:
-    """Offline unless logged in, so nothing ever asks for an account; WANDB_MODE, when set, wins."""
-    return "WANDB_MODE" not in os.environ and not wandb_logged_in()
+    """Offline unless logged in, so nothing ever asks for an account; WANDB_MODE, when set, wins,
+    except that an online run without an API key, or without a connection to the W&B host
+    (checked in a few seconds), would wait for minutes and then fail: it runs offline instead,
+    with one line that says why (WANDB_MODE is set to offline for this process, so every later
+    run and wandb itself agree)."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode not in (None, "online", "run"):
+        return False  # offline, disabled, dryrun: wandb reads it itself
+    logged_in = wandb_logged_in()
+    if mode is None and not logged_in:
+        return True
+    host, port = wandb_host()
+    if not logged_in:
+        why = "no W&B API key (WANDB_API_KEY, or run `wandb login`)"
+    elif not reachable(host, port):
+        why = f"{host}:{port} cannot be reached within {REACH_TIMEOUT_S:g} s"
+    else:
+        return False
+    print(
+        f"W&B: {why}: logging offline instead (upload later with `wandb sync <run dir>/wandb`)",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.environ["WANDB_MODE"] = "offline"
+    return True
 
 
 def folder_id(folder: str | Path) -> str:
@@ -123,11 +164,19 @@ def checkpoint_identity(ckpt_path: str | Path, run_dir: str | Path, job_type: st
     return identity(run_dir, job_type)
 
 
+def check_wandb_folders(save_dir: str | Path) -> None:
+    """Refuse, in one line, folders W&B cannot write (its run folder, WANDB_DIR): wandb itself
+    fails later with a traceback from its service process."""
+    check_writable(save_dir, "hydra.run.dir")
+    if os.environ.get("WANDB_DIR"):
+        check_writable(os.environ["WANDB_DIR"], "WANDB_DIR")
+
+
 def start_run(save_dir: str | Path, who: RunIdentity, project: str = PROJECT, **kwargs):
     """A W&B run (offline unless logged in) writing under `save_dir/wandb/`."""
     import wandb
 
-    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    check_wandb_folders(save_dir)
     return wandb.init(
         dir=str(save_dir),
         project=project,
