@@ -180,3 +180,22 @@ def test_real_multirun_prints_every_row_beside_the_paper(tmp_path, experiment):
             if "mIoU" in m.name
         )
     assert (sweep / f"{experiment}.png").is_file() and (sweep / f"{experiment}.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"[1, 2]", r"metrics .*0/metrics.json holds a JSON list, not the object"),
+        (b'{"val/mIoU": "high"}', r"0/metrics.json: val/mIoU is 'high', not a number"),
+        (b'{"val/mIoU": 6\xe9}', r"0/metrics.json cannot be read \(UnicodeDecodeError"),
+    ],
+    ids=["list", "string", "latin-1"],
+)
+def test_a_malformed_metrics_json_is_one_message_with_exit_2(tmp_path, content, match):
+    sweep = tmp_path / "sweep"
+    job = write_job(sweep, 0, "table1", "model", "largefov", metrics(1.0))
+    (job / "metrics.json").write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        make_table(sweep)
+    cli = subprocess.run([sys.executable, TABLES_PY, sweep], capture_output=True, text=True)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr

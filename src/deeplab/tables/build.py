@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from deeplab.runtime.errors import UserError
-from deeplab.tables.runs import Job
+from deeplab.tables.runs import Job, metric_number
 from deeplab.tables.spec import Row, TableSpec
 
 
@@ -41,10 +41,11 @@ class RowResult:
 def _value(jobs: list[Job], key: str, scale: float) -> Value:
     if not jobs:
         return Value(status="missing")
-    finished = [job.metrics for job in jobs if job.metrics is not None]
+    finished = [job for job in jobs if job.metrics is not None]
     if not finished:
         return Value(status="failed")
-    numbers = [float(m[key]) * scale for m in finished if m.get(key) is not None]
+    found = [metric_number(job, key) for job in finished]
+    numbers = [n * scale for n in found if n is not None]
     if not numbers:
         return Value(status="not run")
     std = statistics.stdev(numbers) if len(numbers) > 1 else None

@@ -33,14 +33,38 @@ def _choices(hydra_dir: Path) -> dict[str, str]:
     return dict(str(o).lstrip("+~").split("=", 1) for o in pairs if "=" in str(o))
 
 
+METRICS_FIX = "delete the job folder or run the job again"
+
+
 def _metrics(job_dir: Path) -> dict | None:
+    """A job's metrics.json; None when it is absent or cut off (a job killed while writing:
+    counted as failed); a UserError naming it when it is something else than a JSON object."""
     path = job_dir / "metrics.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:  # a job killed while writing: count it as failed
+        metrics = read_file(lambda p: p.read_text(encoding="utf-8"), path, "metrics", METRICS_FIX)
+        metrics = json.loads(metrics)
+    except json.JSONDecodeError:
         return None
+    if not isinstance(metrics, dict):
+        raise UserError(
+            f"metrics {path} holds a JSON {type(metrics).__name__}, not the object train.py "
+            f"writes: {METRICS_FIX}"
+        )
+    return metrics
+
+
+def metric_number(job: Job, key: str) -> float | None:
+    """`key` of a job's metrics as a number (None when absent), or a UserError naming the file."""
+    value = (job.metrics or {}).get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UserError(
+            f"metrics {job.path / 'metrics.json'}: {key} is {value!r}, not a number: {METRICS_FIX}"
+        )
+    return float(value)
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
