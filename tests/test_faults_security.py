@@ -661,3 +661,32 @@ def test_crf_on_a_trained_crf_rnn_must_not_replace_its_kernels():
     check_crf_kernels(recorded, {"pos_xy_std": 1.0, "bi_xy_std": 12.0, "iterations": 10}, "x")
     with pytest.raises(UserError, match=r"crf.bi_xy_std 12.0 \(this run: 80.0\)"):
         check_crf_kernels(recorded, {"pos_xy_std": 1.0, "bi_xy_std": 80.0}, "x")
+
+
+def test_predict_takes_the_classes_from_the_checkpoint_without_the_data_root(tmp_path):
+    """A data=folder checkpoint predicted on a machine without the training folder."""
+    record = {"network": "DeepLab", "num_classes": 7,
+              "classes": {"names": [f"c{i}" for i in range(7)],
+                          "colours": [[i, 2 * i, 3 * i] for i in range(7)]},
+              "normalization": {"mean": [1.0, 2.0, 3.0], "std": [1.0, 1.0, 1.0]},
+              "overrides": ["data=folder", f"++data.root='{tmp_path / 'gone'}'",
+                            "++data.mean=[1.0,2.0,3.0]", "++data.std=[1.0,1.0,1.0]",
+                            "++model.width_mult=0.0625"]}  # fmt: skip
+    ckpt = recorded_checkpoint(tmp_path / "x.ckpt", record)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    argv = with_checkpoint_overrides(["predict.py", f"ckpt_path={ckpt}", f"input={image}"])
+    [mask] = predict(compose("predict", argv[1:]), tmp_path / "out")
+    palette = np.asarray(Image.open(mask).getpalette()).reshape(-1, 3)
+    assert palette[:7].tolist() == record["classes"]["colours"]  # the recorded colours
+    changed = [*argv[1:], "data.mean=[9.0,9.0,9.0]"]  # a difference is named, not followed
+    with pytest.raises(UserError, match=r"trained on inputs normalized with mean \[1.0, 2.0"):
+        predict(compose("predict", changed), tmp_path / "out2")
+
+
+def test_a_class_count_from_a_file_is_not_called_a_default_the_user_left():
+    with pytest.raises(UserError) as refused:
+        instantiate(compose("evaluate", ["ckpt_path=x", "data.num_classes=5"]).data)
+    message = str(refused.value)
+    assert "came from the command line or from the checkpoint" in message
+    assert "default" not in message

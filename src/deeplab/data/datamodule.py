@@ -59,7 +59,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         if num_classes != len(self.class_names):
             raise UserError(
                 f"data.num_classes={num_classes} but {type(self).__name__} has "
-                f"{len(self.class_names)} classes: leave data.num_classes at its default"
+                f"{len(self.class_names)} classes; the value {num_classes} came from the command "
+                f"line or from the checkpoint / converted file (ckpt_path), whose network then "
+                f"belongs to a data set of {num_classes} classes: pick that data set (data=...), "
+                "or drop a data.num_classes override"
             )
         self.root = Path(root)
         self.num_classes, self.ignore_index = num_classes, classes.IGNORE_INDEX

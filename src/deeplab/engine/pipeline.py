@@ -5,17 +5,19 @@ Each takes the composed Hydra config and the run directory, and returns what it 
 
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab.crf.crf_rnn import CRFRNN, WithCRFRNN, checkpoint_holds_layer
-from deeplab.data.images import read_rgb
+from deeplab.data.classes import voc_palette
+from deeplab.data.images import MAX_PIXELS, read_rgb
 from deeplab.data.normalization import normalize
 from deeplab.engine import speed, visuals
 from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
@@ -35,10 +37,12 @@ from deeplab.weights import conventions
 from deeplab.weights.checkpoint import (
     check_class_list,
     check_crf_kernels,
+    check_normalization,
     check_readable,
     checked_state,
     network_state,
     read_checkpoint,
+    read_record,
 )
 from deeplab.weights.checkpoint_overrides import recorded_split_dir, run_overrides
 
@@ -120,6 +124,40 @@ def trained_data(cfg: DictConfig):
     if "split_dir" in cfg.data:
         return instantiate(cfg.data, draw_split=False)
     return instantiate(cfg.data)
+
+
+@dataclass(frozen=True)
+class RecordedData:
+    """What predict takes from a data set, as the checkpoint recorded it: a trained network is
+    predicted with the classes, colours and normalisation it was trained with, and needs no
+    data folder (a data=folder checkpoint on a machine without the training data)."""
+
+    class_names: list[str]
+    palette: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    max_pixels: int | None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def recorded_data(cfg: DictConfig) -> RecordedData | None:
+    """The checkpoint's record of its data set, when it holds classes and normalisation; the
+    run's `data.num_classes` is set from it (a folder data set would read classes.txt)."""
+    record = read_record(cfg.ckpt_path)
+    if not record or "classes" not in record or "normalization" not in record:
+        return None
+    names = [str(n) for n in record["classes"]["names"]]
+    palette = voc_palette()
+    palette[: len(names)] = np.asarray(record["classes"]["colours"], dtype=np.uint8)
+    with open_dict(cfg):
+        cfg.data.num_classes = len(names)
+    norm = record["normalization"]
+    check_normalization(record, cfg.data.mean, cfg.data.std, cfg.ckpt_path)
+    max_pixels = cfg.data.get("max_pixels", MAX_PIXELS)
+    return RecordedData(names, palette, tuple(norm["mean"]), tuple(norm["std"]), max_pixels)
 
 
 def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
@@ -363,11 +401,13 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     `<name>` from `output_names`. An unreadable image, or one above `data.max_pixels`, is skipped
     (named on stderr) and the others are still done; then SkippedImages lists them with the
     folder's files that are not images. Returns the masks written."""
-    check_run_config(cfg)
     out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
+    recorded = recorded_data(cfg)  # before the checks: it sets the class count of a folder set
+    check_run_config(cfg)
     files, skipped = image_files(cfg.input)
     names = output_names(files)
-    datamodule = trained_data(cfg)  # class count, palette, normalization only
+    # class count, palette, normalization only: the checkpoint's, else the data set's
+    datamodule = recorded or trained_data(cfg)
     device = torch.device(
         cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )

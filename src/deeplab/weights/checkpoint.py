@@ -225,6 +225,17 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     return read_tensors(path, "checkpoint", _fix(key))
 
 
+def read_record(path: str | Path, key: str = "ckpt_path") -> dict | None:
+    """A train.py checkpoint's `checkpoint_record` (tensors left on disk), checked as a handed
+    file's; None for a file without one (converted Caffe files, bare state dicts)."""
+    checkpoint = read_tensors(path, "checkpoint", _fix(key), mmap=True)
+    record = checkpoint.get("deeplab") if isinstance(checkpoint, dict) else None
+    if not isinstance(record, dict):
+        return None
+    check_record(record, path)
+    return record
+
+
 def check_readable(path: str | Path, key: str = "ckpt_path") -> None:
     """Raise UserError unless `path` is a whole checkpoint archive (torch writes zip files; a
     truncated copy has lost its central directory) of tensors and plain values only, without
