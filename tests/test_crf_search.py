@@ -205,5 +205,7 @@ def test_a_mask_value_above_the_class_count_is_one_message(tmp_path, capsys):
 
 def test_a_text_file_named_npz_is_not_said_to_hold_pickled_data(tmp_path):
     (tmp_path / "x.npz").write_text("just some notes\n")
-    with pytest.raises(ValueError, match=r"x.npz is not an .npz archive \(not a zip file\)"):
+    with pytest.raises(
+        ValueError, match=r"x.npz cannot be read \(not an .npz archive: not a zip file\)"
+    ):
         load_probabilities(tmp_path / "x.npz")

@@ -45,7 +45,8 @@ def load_probabilities(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not zipfile.is_zipfile(path):  # numpy would call any other file "pickled data"
         raise UserError(
-            f"probabilities file {path} is not an .npz archive (not a zip file): delete it and "
+            f"probabilities file {path} cannot be read (not an .npz archive: not a zip file): "
+            "delete it and "
             "save the probabilities again with `python src/evaluate.py ... save_probs=<dir>`"
         )
     # allow_pickle=False: an object array would unpickle (run code) from a handed file

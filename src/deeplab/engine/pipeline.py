@@ -402,10 +402,10 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
     (named on stderr) and the others are still done; then SkippedImages lists them with the
     folder's files that are not images. Returns the masks written."""
     out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
-    recorded = recorded_data(cfg)  # before the checks: it sets the class count of a folder set
-    check_run_config(cfg)
     files, skipped = image_files(cfg.input)
     names = output_names(files)
+    recorded = recorded_data(cfg)  # before the checks: it sets the class count of a folder set
+    check_run_config(cfg)
     # class count, palette, normalization only: the checkpoint's, else the data set's
     datamodule = recorded or trained_data(cfg)
     device = torch.device(
