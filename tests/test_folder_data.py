@@ -293,6 +293,30 @@ def test_train_py_smoke_run_then_export(tmp_path):
     props = export(run / "checkpoints" / "last.ckpt", tmp_path / "pets.onnx")
     assert json.loads(props["class_names"]) == ["background", "cat", "dog"]
 
+    # The run moves and images are added: its recorded split is read back, nothing is redrawn
+    # or written into the data folder, and the scores are the same.
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    for i in range(3):
+        shutil.copy(root / "images" / "img0.jpg", root / "images" / f"new{i}.jpg")
+        shutil.copy(root / "masks" / "img0.png", root / "masks" / f"new{i}.png")
+    before = sorted(p.name for p in root.rglob("*"))
+    evaluate[-2:] = [
+        f"ckpt_path={moved / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'm'}",
+    ]
+    done = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        json.loads((tmp_path / "m" / "metrics.json").read_text())["val/mIoU"] == metrics["val/mIoU"]
+    )
+    assert sorted(p.name for p in root.rglob("*")) == before and not run.exists()
+    # classes.txt reordered after training: named, never followed
+    (root / "classes.txt").write_text("background 0 0 0\ndog 40 200 40\ncat 200 40 40\n")
+    evaluate[-1] = f"hydra.run.dir={tmp_path / 'r'}"
+    done = subprocess.run(evaluate, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "class 1 is 'cat' in the checkpoint, 'dog' now" in done.stderr
+
 
 def test_fine_tuning_converted_voc_weights_reinitialises_the_classifier(tmp_path, caplog):
     """init=caffe with a 21-class VOC network on a 3-class folder: all but the classifier load,
