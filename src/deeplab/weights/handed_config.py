@@ -27,7 +27,7 @@ FILE_GROUPS = ("data", "backbone", "model", "crf", "crf_rnn")
 # keys there), the CRF a CRF-RNN layer takes its kernels from, and the test protocol.
 FILE_KEY_PREFIXES = ("data.", "model.", "crf.", "crf_rnn.", "tta.")
 # Keys under those prefixes that a file may still not set: files it would read or write.
-FILE_REFUSED_KEYS = ("model.backbone.pretrained", "model.init_from", "data.data_dir")
+FILE_REFUSED_KEYS = ("model.backbone.pretrained", "model.init_from")
 PLAIN_TYPES = (str, int, float, bool, type(None))
 
 FIX = (
@@ -94,11 +94,13 @@ def check_key(key: str, source, reads_files: bool = False) -> None:
         raise _refuse(source, key, "chooses a file to read, which only the command line may")
 
 
-def model_builders() -> dict[str, str]:
-    """{builder `_target_`: the project's model option that names it}."""
+def project_builders() -> dict[str, str]:
+    """{builder `_target_` string, as the project's model options (conf/model/*.yaml) name it:
+    itself}: a recorded builder is looked up here and the project's own string is used."""
     from deeplab.weights.checkpoint_overrides import group_options  # it imports this module
 
-    return {o["_target_"]: n for n, o in group_options("model").items() if "_target_" in o}
+    options = group_options("model").values()
+    return {o["_target_"]: o["_target_"] for o in options if "_target_" in o}
 
 
 def checked_model_record(model, source) -> dict:
@@ -108,7 +110,7 @@ def checked_model_record(model, source) -> dict:
     if not isinstance(model, dict):
         raise UserError(f"{source} records a model config that is not a mapping: {FIX}")
     target = model.get("_target_")
-    if target not in model_builders():
+    if not isinstance(target, str) or target not in project_builders():
         raise _refuse(source, "model._target_", "is not a builder of the project's model options")
 
     def walk(node: dict, prefix: str) -> None:
@@ -133,10 +135,7 @@ def project_model_config(model: dict, source) -> dict:
     """The model config to build a handed file's network from: its checked fields under the
     builder of the project's own model option (`conf/model/<option>.yaml`) that it names."""
     checked_model_record(model, source)
-    from deeplab.weights.checkpoint_overrides import group_options
-
-    option = group_options("model")[model_builders()[model["_target_"]]]
-    return {**model, "_target_": option["_target_"]}
+    return {**model, "_target_": project_builders()[model["_target_"]]}
 
 
 def check_finite(state: dict, source) -> None:
