@@ -101,6 +101,19 @@ def test_a_layer_checkpoint_needs_the_layer(runs):
         load_weights(build_network(cfg, datamodule), stage2, "ckpt_path", cfg, datamodule)
 
 
+@pytest.mark.slow
+def test_crf_on_the_command_line_never_replaces_the_trained_kernels(runs):
+    """`crf=deeplab_vgg16` once replaced the layer's kernel widths without a word."""
+    _, _, stage2, _ = runs
+    cfg = compose("evaluate", saved_overrides(stage2, "crf=deeplab_vgg16"))
+    datamodule = instantiate(cfg.data)
+    with pytest.raises(
+        UserError,
+        match=r"other CRF kernels: crf.pos_xy_std 1.0 \(this run: 3.0\); crf.bi_xy_std 12.0 \(this run: 49.0\)\. Leave",
+    ):
+        load_weights(build_network(cfg, datamodule), stage2, "ckpt_path", cfg, datamodule)
+
+
 def test_the_layer_needs_a_crf_config():
     cfg = compose("train", [*SMOKE, "model.crf_rnn=true"])
     with pytest.raises(UserError, match="crf=synthetic"):

@@ -38,6 +38,10 @@ from deeplab.crf.meanfield import (
 )
 from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
 
+# The CRF config fields a layer is built with and keeps fixed (its kernel widths); its weights
+# and label compatibility are learnt (in its state dict), its iterations are the model's.
+KERNEL_KEYS = ("pos_xy_std", "bi_xy_std", "bi_rgb_std", "normalization")
+
 
 class KernelPair:
     """Both kernels' normalised filterings A_k on one stacked lattice array (`meanfield.Filters`).

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from deeplab.crf.crf_rnn import CRFRNN, WithCRFRNN, checkpoint_holds_layer
+from deeplab.crf.crf_rnn import CRFRNN, KERNEL_KEYS, WithCRFRNN, checkpoint_holds_layer
 from deeplab.data.classes import voc_palette
 from deeplab.data.images import MAX_PIXELS, read_rgb
 from deeplab.data.normalization import normalize
@@ -113,7 +113,8 @@ def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.M
     check_class_list(meta, datamodule.class_names, datamodule.palette, path)
     if holds_layer and meta:
         crf = OmegaConf.to_container(cfg.crf, resolve=True)
-        check_crf_kernels(meta.get("overrides"), crf, path)
+        kernels = {k: v for k, v in crf.items() if k in KERNEL_KEYS}
+        check_crf_kernels(meta.get("overrides"), kernels, path)
     target.load_state_dict(state)
     return net
 

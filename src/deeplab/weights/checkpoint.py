@@ -113,7 +113,8 @@ def _at(values: list, index: int) -> str:
 def check_crf_kernels(overrides: list[str] | None, crf: dict, source) -> None:
     """Raise UserError if this run's CRF config differs from the one a trained CRF-RNN layer
     was trained with (its kernel widths come from it: `crf=...` on the command line would
-    silently replace them). `overrides`: the checkpoint's recorded ones (`++crf.<key>=...`)."""
+    silently replace them). `overrides`: the checkpoint's recorded ones (`++crf.<key>=...`);
+    `crf`: this run's values of the fields to compare."""
     recorded = {}
     for override in overrides or []:
         key, _, value = override.lstrip("+").partition("=")
