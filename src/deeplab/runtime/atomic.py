@@ -30,6 +30,7 @@ def written_atomically(dst: Path) -> Iterator[Path]:
     dst = Path(dst)
     tmp = None
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)  # the temporary name is made beside dst
         handle, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
         os.close(handle)
         tmp = Path(name)
