@@ -96,7 +96,7 @@ def test_checkpoint_of_another_class_count_or_architecture_is_refused(
 ):
     ckpt = smoke_run[0] / "checkpoints" / "last.ckpt"
     voc = compose("evaluate", ["debug=smoke", f"data_dir={data_dir}", f"ckpt_path={ckpt}"])
-    with pytest.raises(ValueError, match="trained for 7 classes, but this run has 21"):
+    with pytest.raises(ValueError, match="trained for 7 classes, but this run's data set has 21"):
         evaluate(voc, tmp_path)
     other = smoke(data_dir, "model=aspp_l", f"ckpt_path={ckpt}", name="evaluate")
     with pytest.raises(ValueError, match='another model config: .*"model=largefov"'):
