@@ -682,6 +682,9 @@ def test_predict_takes_the_classes_from_the_checkpoint_without_the_data_root(tmp
     changed = [*argv[1:], "data.mean=[9.0,9.0,9.0]"]  # a difference is named, not followed
     with pytest.raises(UserError, match=r"trained on inputs normalized with mean \[1.0, 2.0"):
         predict(compose("predict", changed), tmp_path / "out2")
+    voc = [*argv[1:], "data=voc"]  # another data set: its class count is named
+    with pytest.raises(UserError, match=r"trained for 7 classes, but this run's data set has 21"):
+        predict(compose("predict", voc), tmp_path / "out3")
 
 
 def test_a_class_count_from_a_file_is_not_called_a_default_the_user_left():

@@ -36,6 +36,7 @@ from deeplab.runtime.wandb_runs import log_final_metrics
 from deeplab.weights import conventions
 from deeplab.weights.checkpoint import (
     check_class_list,
+    check_classes,
     check_crf_kernels,
     check_normalization,
     check_readable,
@@ -146,17 +147,24 @@ class RecordedData:
 
 def recorded_data(cfg: DictConfig) -> RecordedData | None:
     """The checkpoint's record of its data set, when it holds classes and normalisation; the
-    run's `data.num_classes` is set from it (a folder data set would read classes.txt)."""
+    run's `data.num_classes` is set from it (a folder data set would read classes.txt). A data
+    set of another class count or normalisation on the command line is refused by name."""
     record = read_record(cfg.ckpt_path)
     if not record or "classes" not in record or "normalization" not in record:
         return None
     names = [str(n) for n in record["classes"]["names"]]
-    palette = voc_palette()
-    palette[: len(names)] = np.asarray(record["classes"]["colours"], dtype=np.uint8)
+    try:
+        configured = cfg.data.num_classes
+    except UserError:  # a folder data set whose classes.txt is not here: the record has them
+        configured = None
+    if configured is not None:
+        check_classes(record, configured, cfg.ckpt_path)
+    check_normalization(record, cfg.data.mean, cfg.data.std, cfg.ckpt_path)
     with open_dict(cfg):
         cfg.data.num_classes = len(names)
+    palette = voc_palette()
+    palette[: len(names)] = np.asarray(record["classes"]["colours"], dtype=np.uint8)
     norm = record["normalization"]
-    check_normalization(record, cfg.data.mean, cfg.data.std, cfg.ckpt_path)
     max_pixels = cfg.data.get("max_pixels", MAX_PIXELS)
     return RecordedData(names, palette, tuple(norm["mean"]), tuple(norm["std"]), max_pixels)
 
@@ -170,7 +178,7 @@ def trained_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
 def rebuild_overrides(cfg: DictConfig, run_dir: Path | None = None) -> list[str]:
     """What this run's checkpoints record so that evaluate / predict need only their path: the
     resolved model and data configs, the data root made absolute (runs start anywhere), a split
-    folder inside the run relative to it (`run_split_dir`: the run may move)."""
+    folder inside the run relative to it (`recorded_split_dir`: the run may move)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if data.get("root"):
         data["root"] = str(Path(data["root"]).expanduser().resolve())
