@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_sgd
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 # row name -> (conf/model file, conf/backbone file, msc)
@@ -51,7 +51,7 @@ def build(name: str, width_mult: float) -> torch.nn.Module:
     model, backbone, msc = MODELS[name]
     overrides = [f"model={model}", f"backbone={backbone}", f"data.num_classes={NUM_CLASSES}"]
     overrides += [f"model.width_mult={width_mult}", f"model.msc={str(msc).lower()}"]
-    return hydra.utils.instantiate(network_config(compose("train", overrides).model))
+    return hydra.utils.instantiate(compose("train", overrides).model)
 
 
 def step_flops(name: str, width_mult: float, crop: int, batch: int) -> int:
@@ -98,7 +98,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     net = build(name, args.width_mult).to(device)
-    speed.apply(
+    speed.apply_speed_options(
         net,
         {
             "atrous_mode": args.atrous_mode,

@@ -52,8 +52,8 @@ from deeplab.data.normalization import normalize
 from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_optimizer
-from deeplab.engine.test_time import resize, wrap
-from deeplab.runtime.config import compose, network_config
+from deeplab.engine.test_time import evaluation_network, resize
+from deeplab.runtime.config import compose
 from deeplab.tables.paper import SPEED, TABLE1
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,14 +352,14 @@ def crf_size(run: Run, name: str, height: int, width: int, labels: int) -> None:
 
 
 def crf_rnn_rows(run: Run, crf, size: str, images: list, probs: list, ref_ms: float) -> None:
-    """The CRF-RNN layer with the same kernels (`CRFRNN.like`): a forward without autograd (an
-    evaluation, 10 iterations) and a forward + backward of a loss on its scores (training, 5),
-    both w.r.t. the scores and the layer's parameters."""
+    """The CRF-RNN layer with the same kernels (`CRFRNN.from_dense_crf`): a forward without
+    autograd (an evaluation, 10 iterations) and a forward + backward of a loss on its scores
+    (training, 5), both w.r.t. the scores and the layer's parameters."""
     labels = probs[0].shape[0]
     rgb = torch.stack(images).permute(0, 3, 1, 2).float()
     logits = torch.stack(probs).clamp_min(1e-5).log()
     for what, iterations, train in (("forward", 10, False), ("forward + backward", 5, True)):
-        layer = CRFRNN.like(crf, labels, iterations).to(run.device)
+        layer = CRFRNN.from_dense_crf(crf, labels, iterations).to(run.device)
         scores = logits.clone().requires_grad_(train)
 
         def call(layer=layer, scores=scores, train=train) -> None:
@@ -442,8 +442,8 @@ def build_net(run: Run, cfg) -> torch.nn.Module:
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     with run.device:
-        net = instantiate(network_config(cfg.model))
-    return speed.apply(net, cfg.speed)
+        net = instantiate(cfg.model)
+    return speed.apply_speed_options(net, cfg.speed)
 
 
 def autocast(run: Run, cfg):
@@ -560,7 +560,7 @@ def eval_row(run: Run, image: np.ndarray, overrides: list[str], nets: dict) -> d
     cfg = run.config("evaluate", RESNET + overrides)
     if cfg.model.msc not in nets:
         nets[cfg.model.msc] = build_net(run, cfg)
-    net = wrap(nets[cfg.model.msc], cfg.data.num_classes, **cfg.tta)
+    net = evaluation_network(nets[cfg.model.msc], cfg.data.num_classes, **cfg.tta)
     crf = instantiate(cfg.crf) if cfg.crf else None
     x = normalize(image, cfg.data.mean, cfg.data.std)[None].to(run.device)
     image_t = torch.from_numpy(image).to(run.device)

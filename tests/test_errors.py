@@ -19,7 +19,7 @@ from deeplab.crf.search import main as crf_search
 from deeplab.data.dataset import read_ids
 from deeplab.engine.pipeline import check_run_config, evaluate, model_config, predict, train
 from deeplab.runtime.cli import reports_user_errors
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.tables.runs import load_jobs
@@ -151,7 +151,7 @@ def broken_files(tmp_path) -> dict:
 def test_unreadable_checkpoints_and_weights_are_named(tmp_path):
     cfg = compose("evaluate", [*SMOKE, "ckpt_path=x"])
     for path in broken_files(tmp_path).values():
-        net = instantiate(network_config(cfg.model))
+        net = instantiate(cfg.model)
         with pytest.raises(UserError, match=rf"checkpoint {re.escape(str(path))} cannot be read"):
             load_network(net, path, 7, cfg.data.mean, cfg.data.std, model_config(cfg))
         with pytest.raises(UserError, match=rf"pretrained weights file {re.escape(str(path))}"):
@@ -204,7 +204,7 @@ def test_corrupt_probability_files_are_named(tmp_path):
 def save_checkpoint(path, overrides: list[str]) -> None:
     """A checkpoint as train.py writes it (weights + recorded run config), without training."""
     cfg = compose("train", [*SMOKE, *overrides])
-    net = instantiate(network_config(cfg.model))
+    net = instantiate(cfg.model)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     meta = checkpoint_record(
         net, cfg.data.num_classes, cfg.data.mean, cfg.data.std, model_config(cfg)
@@ -217,7 +217,7 @@ def save_checkpoint(path, overrides: list[str]) -> None:
 def load(overrides: list[str]) -> torch.nn.Module:
     cfg = compose("evaluate", [*SMOKE, *overrides])
     check_config(cfg)
-    net = instantiate(network_config(cfg.model))
+    net = instantiate(cfg.model)
     data = cfg.data
     return load_network(
         net, cfg.ckpt_path, data.num_classes, data.mean, data.std, model_config(cfg)

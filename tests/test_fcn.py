@@ -8,7 +8,7 @@ from test_pretrained import tv_vgg16
 from deeplab.models import FCN, build_fcn, count_parameters
 from deeplab.models.fcn import crop_offsets
 from deeplab.models.upsample import BilinearTransposed, ResizeConv, bilinear_kernel
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.weights.networks import build_fcn as build_fcn_with_weights
 from deeplab.weights.pretrained import apply_plan, vgg16_fc_plan, vgg16_features_plan
 
@@ -21,7 +21,7 @@ def meta_fcn(*overrides: str) -> FCN:
     cfg = compose("describe", ["model=fcn8s", *overrides])
     assert cfg.model.backbone.name == "vgg16"  # fcn8s.yaml picks its backbone itself
     with torch.device("meta"):
-        return instantiate(network_config(cfg.model))
+        return instantiate(cfg.model)
 
 
 def test_fcn8s_has_134_5m_parameters_counting_the_upsampling_filters():

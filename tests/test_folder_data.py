@@ -16,7 +16,7 @@ from deeplab.data.classes import VOC_CLASSES, voc_palette
 from deeplab.data.dataset import read_mask
 from deeplab.data.folder import FolderDataModule
 from deeplab.export import export
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 
@@ -307,7 +307,7 @@ def test_fine_tuning_converted_voc_weights_reinitialises_the_classifier(tmp_path
     init = ["init=caffe", f"init.path={tmp_path / 'voc.pth'}", "model.width_mult=0.0625"]
     cfg = compose("train", ["data=folder", f"data.root={root}", *init])
     with caplog.at_level("WARNING"):
-        net = hydra.utils.instantiate(network_config(cfg.model))
+        net = hydra.utils.instantiate(cfg.model)
     assert net.head.branches[0].fc8.out_channels == 3
     assert "re-initialised, not loaded: head.branches.0.fc8.weight (21, " in caplog.text
     fc7 = converted["state_dict"]["head.branches.0.fc7.weight"]

@@ -9,7 +9,6 @@ from hydra.utils import instantiate
 from torch import nn
 
 from deeplab.models import MSC, AtrousConv2d, build_deeplab, count_parameters
-from deeplab.runtime.config import network_config
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODELS = ("fov_7x7_r4", "fov_4x4_r4", "fov_4x4_r8", "largefov", "aspp_s", "aspp_l")
@@ -22,7 +21,7 @@ def config(model: str, backbone: str, *overrides: str):
     """The model config as the command line composes it (`model=... backbone=...`)."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("describe", [f"model={model}", f"backbone={backbone}", *overrides])
-        return network_config(cfg.model)
+        return cfg.model
 
 
 def on_meta(cfg) -> nn.Module:

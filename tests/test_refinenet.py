@@ -10,7 +10,7 @@ from deeplab.engine.optimizer import build_sgd
 from deeplab.models import RefineNet, build_refinenet, count_parameters
 from deeplab.models.refinenet import RCU, ChainedResidualPooling, MultiResolutionFusion
 from deeplab.models.table1_columns import format_table, table1_columns
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.weights.pretrained import apply_plan, resnet_plan
 
 RESNET = {"name": "resnet101", "pretrained": None}
@@ -22,7 +22,7 @@ def meta(model: str, *overrides: str) -> nn.Module:
     """The full-size network as `model=...` on the command line configures it."""
     cfg = compose("describe", [f"model={model}", *overrides])
     with torch.device("meta"):
-        return instantiate(network_config(cfg.model))
+        return instantiate(cfg.model)
 
 
 def meta_refinenet() -> RefineNet:

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from deeplab.crf.crf_rnn import CRFRNN, WithCRFRNN, checkpoint_holds_layer
+from deeplab.crf.crf_rnn import WithCRFRNN, checkpoint_holds_layer
 from deeplab.data.images import read_rgb
 from deeplab.data.normalization import normalize
 from deeplab.engine import speed, visuals
@@ -23,9 +23,9 @@ from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, print_table, write_metrics
-from deeplab.engine.test_time import probabilities, wrap
+from deeplab.engine.test_time import evaluation_network, probabilities
 from deeplab.runtime.atomic import check_writable
-from deeplab.runtime.config import instantiate, network_config
+from deeplab.runtime.config import instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.progress import track
@@ -58,30 +58,21 @@ def model_config(cfg: DictConfig) -> dict:
 
 
 def build_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
-    """The network `cfg.model` builds (its builder never sees the `crf_rnn*` keys), with the
-    run's speed options when it has them; `model.crf_rnn=true` puts a CRF-RNN layer after it
-    (`deeplab.crf.WithCRFRNN`) whose kernels and initial weights are `cfg.crf`'s."""
-    net = instantiate(network_config(cfg.model))
+    """The network `cfg.model` builds (design.md I3), with the run's speed options when it has
+    them; `crf_rnn=on` puts the layer `cfg.crf_rnn` builds after it (`deeplab.crf.WithCRFRNN`),
+    its kernels and starting weights `cfg.crf`'s."""
+    net = instantiate(cfg.model)
     if cfg.get("speed") is not None:
-        net = speed.apply(net, cfg.speed)
-    if not cfg.model.get("crf_rnn"):
+        net = speed.apply_speed_options(net, cfg.speed)
+    if cfg.get("crf_rnn") is None:
         return net
     if not cfg.get("crf"):
         raise UserError(
-            "model.crf_rnn=true takes its kernel widths and initial weights from a CRF config, "
+            "crf_rnn=on takes its kernel widths and initial weights from a CRF config, "
             "and crf is none: add crf=deeplab_vgg16 (VOC, VGG-16), crf=deeplab_resnet101 or "
             "crf=synthetic (the 128-px synthetic set)"
         )
-    layer = CRFRNN.like(instantiate(cfg.crf), datamodule.num_classes)
-    return WithCRFRNN(
-        net,
-        layer,
-        datamodule.mean,
-        datamodule.std,
-        cfg.model.crf_rnn_iterations,
-        cfg.model.crf_rnn_test_iterations,
-        cfg.model.crf_rnn_lr_mult,
-    )
+    return WithCRFRNN(net, instantiate(cfg.crf_rnn), datamodule.mean, datamodule.std)
 
 
 def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.Module:
@@ -95,7 +86,7 @@ def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.M
     if holds_layer and not isinstance(net, WithCRFRNN):
         raise UserError(
             f"{key}={path} holds a network trained with a CRF-RNN layer: pass "
-            "model.crf_rnn=true (its checkpoint overrides set it unless the command line says "
+            "crf_rnn=on (its checkpoint overrides set it unless the command line says "
             "otherwise), or evaluate the network alone from val_net/ in its metrics.json"
         )
     target = net.net if isinstance(net, WithCRFRNN) and not holds_layer else net
@@ -120,9 +111,13 @@ def rebuild_overrides(cfg: DictConfig) -> list[str]:
     if data.get("root"):
         data["root"] = str(Path(data["root"]).expanduser().resolve())
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    # A CRF-RNN layer takes its kernel widths from the crf config: it travels too.
-    crf = OmegaConf.to_container(cfg.crf, resolve=True) if cfg.model.get("crf_rnn") else None
-    return run_overrides(model_config(cfg), data, choices, crf)
+    if cfg.get("crf_rnn") is None:
+        return run_overrides(model_config(cfg), data, choices)
+    # A CRF-RNN layer takes its kernel widths from the crf config: it travels too, with the
+    # layer's own values (its iteration counts; the rest are the crf config's).
+    crf = OmegaConf.to_container(cfg.crf, resolve=True)
+    layer = {k: v for k, v in cfg.crf_rnn.items() if not OmegaConf.is_interpolation(cfg.crf_rnn, k)}
+    return run_overrides(model_config(cfg), data, choices, crf, layer)
 
 
 def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) -> SegmentationModule:
@@ -143,7 +138,7 @@ def build_module(cfg: DictConfig, datamodule, net: torch.nn.Module, **kwargs) ->
         model_config=model_config(cfg),
         run_overrides=rebuild_overrides(cfg),
         palette=datamodule.palette,
-        net_loss_weight=cfg.model.get("crf_rnn_aux_loss_weight", 0.0),
+        net_loss_weight=(cfg.get("loss") or {}).get("crf_rnn_aux_weight", 0.0),
         **optim,
         **kwargs,
     )
@@ -200,7 +195,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         trainer.save_checkpoint(last, weights_only=False)  # resumable
 
         trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
-        module.net = wrap(module.net, datamodule.num_classes, **cfg.get("tta", {}))
+        module.net = evaluation_network(module.net, datamodule.num_classes, **cfg.get("tta", {}))
         metrics = validate_whole_split(trainer, module, datamodule)
     metrics["params"] = sum(p.numel() for p in net.parameters())
     metrics["train_img_per_s"] = throughput.img_per_s
@@ -274,7 +269,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
         check_writable(cfg.save_probs, "save_probs")
     run_dir = Path(run_dir)
     datamodule = instantiate(cfg.data)
-    net = wrap(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
+    net = evaluation_network(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     loggers = build_loggers(cfg.get("logger"), run_dir, "evaluate", str(cfg.ckpt_path))
     trainer = instantiate(
@@ -350,7 +345,7 @@ def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
         cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     )
     net = trained_network(cfg, datamodule)
-    net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
+    net = evaluation_network(net, datamodule.num_classes, **cfg.tta).to(device)
     # A CRF-RNN layer is the network's last step; its crf config only set up its kernels.
     crf = instantiate(cfg.crf) if cfg.get("crf") and not cfg.model.get("crf_rnn") else None
     (out / "masks").mkdir(parents=True, exist_ok=True)

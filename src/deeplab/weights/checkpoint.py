@@ -12,6 +12,7 @@ from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file, read_tensors
 from deeplab.weights.checkpoint_overrides import differences, fix_overrides
 from deeplab.weights.conventions import converted_checkpoint, is_converted
+from deeplab.weights.legacy_records import current_record
 
 
 def checkpoint_record(
@@ -153,7 +154,7 @@ def checked_state(
             f"{source} holds a {type(checkpoint).__name__}, not a checkpoint: set ckpt_path to a "
             ".ckpt written by train.py"
         )
-    state, meta = network_state(checkpoint), checkpoint.get("deeplab")
+    state, meta = network_state(checkpoint), current_record(checkpoint.get("deeplab"))
     if is_converted(checkpoint):  # python -m deeplab.convert output (docs/caffe.md)
         state, meta = converted_checkpoint(checkpoint, source)
     check_classes(meta, num_classes, source)
