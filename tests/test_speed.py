@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from deeplab.engine import speed
-from deeplab.models import build_deeplab
+from deeplab.models import assemble_deeplab
 from deeplab.models.atrous import AtrousConv2d
 
 
 def tiny_net(backbone: str = "vgg16", **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = build_deeplab(4, {"name": backbone}, rates=[2, 4], width_mult=0.0625, **kw)
+    net = assemble_deeplab(4, {"name": backbone}, rates=[2, 4], width_mult=0.0625, **kw)
     return net.eval()
 
 

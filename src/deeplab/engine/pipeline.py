@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from deeplab.crf.crf_rnn import WithCRFRNN, checkpoint_holds_layer
+from deeplab.crf.crf_rnn import CRFRNN, WithCRFRNN, checkpoint_holds_layer
 from deeplab.data.images import read_rgb
 from deeplab.data.normalization import normalize
 from deeplab.engine import speed, visuals
@@ -45,11 +45,25 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Start-up checks, before anything runs: the config values (runtime.config_checks), then
-    the rules the components own, by building the cheap ones (the CRF checks its parameters)."""
+    """Start-up checks, before anything runs or reads a weight file: the values no component
+    owns (`runtime.config_checks`), then the parts that own the others, built cheaply so that
+    each refuses a bad value with its own message: the data module, the network (on the meta
+    device, without its weight files) with the speed options, the CRF and the CRF-RNN layer."""
     check_config(cfg)
+    if cfg.get("data"):
+        instantiate(cfg.data)
+    if cfg.get("model"):
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        model["backbone"] = {**(model.get("backbone") or {}), "pretrained": None}
+        if "init_from" in model:
+            model["init_from"] = None
+        with torch.device("meta"):
+            net = instantiate(model)
+        speed.apply_speed_options(net, cfg.get("speed"))
     if cfg.get("crf"):
         instantiate(cfg.crf)
+    if cfg.get("crf_rnn"):
+        crf_rnn_layer(cfg)
 
 
 def model_config(cfg: DictConfig) -> dict:
@@ -66,13 +80,19 @@ def build_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
         net = speed.apply_speed_options(net, cfg.speed)
     if cfg.get("crf_rnn") is None:
         return net
+    return WithCRFRNN(net, crf_rnn_layer(cfg), datamodule.mean, datamodule.std)
+
+
+def crf_rnn_layer(cfg: DictConfig) -> CRFRNN:
+    """The CRF-RNN layer `cfg.crf_rnn` builds, once there is a `crf` config to take its kernel
+    widths and initial weights from."""
     if not cfg.get("crf"):
         raise UserError(
             "crf_rnn=on takes its kernel widths and initial weights from a CRF config, "
             "and crf is none: add crf=deeplab_vgg16 (VOC, VGG-16), crf=deeplab_resnet101 or "
             "crf=synthetic (the 128-px synthetic set)"
         )
-    return WithCRFRNN(net, instantiate(cfg.crf_rnn), datamodule.mean, datamodule.std)
+    return instantiate(cfg.crf_rnn)
 
 
 def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.Module:
