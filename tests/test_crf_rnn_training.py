@@ -14,9 +14,9 @@ from deeplab.engine.pipeline import (
     build_network,
     evaluate,
     load_weights,
-    predict,
     train,
 )
+from deeplab.engine.prediction import predict
 from deeplab.runtime.config import compose, instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import UserError

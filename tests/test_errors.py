@@ -17,7 +17,8 @@ from PIL import Image
 from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.crf.search import main as crf_search
 from deeplab.data.dataset import read_ids
-from deeplab.engine.pipeline import check_run_config, evaluate, model_config, predict, train
+from deeplab.engine.pipeline import check_run_config, evaluate, model_config, train
+from deeplab.engine.prediction import predict
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config

@@ -24,12 +24,8 @@ from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.dataset import read_ids, read_mask
 from deeplab.data.images import read_rgb
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
-from deeplab.engine.pipeline import (
-    SkippedImages,
-    evaluate,
-    predict,
-    train,  # noqa: I001
-)
+from deeplab.engine.pipeline import evaluate, train
+from deeplab.engine.prediction import SkippedImages, predict
 from deeplab.runtime import run_lock
 from deeplab.runtime.atomic import check_writable
 from deeplab.runtime.cli import check_command_line

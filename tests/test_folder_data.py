@@ -16,7 +16,7 @@ from deeplab.data.classes import VOC_CLASSES, voc_palette
 from deeplab.data.dataset import read_mask
 from deeplab.data.folder import FolderDataModule
 from deeplab.export import export
-from deeplab.runtime.config import compose
+from deeplab.runtime.config import compose, instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 
@@ -73,6 +73,19 @@ def test_classes_and_count_come_from_classes_txt(tmp_path):
     dm = module(root)
     assert dm.class_names == ["background", "cat", "dog"] and dm.num_classes == 3
     assert dm.palette[1].tolist() == [200, 40, 40] and dm.palette[255].tolist() == [255] * 3
+
+
+def test_the_pixel_limit_applies_to_own_data_sets(tmp_path):
+    """`data.max_pixels` protects memory for every data set: a 64-pixel image is refused by name
+    under `data=folder data.max_pixels=10`, before it is decoded."""
+    root = make_folder(tmp_path / "pets", count=2, size=(8, 8))
+    cfg = compose("train", ["data=folder", f"data.root={root}", "data.max_pixels=10"])
+    cfg.data.split_dir = str(tmp_path / "splits")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    name = datamodule.val_set.ids[0]
+    with pytest.raises(UserError, match=rf"image .*{name}\.\w+ is 8 x 8 pixels.*data\.max_pixels"):
+        datamodule.val_set.load(0)
 
 
 @pytest.mark.parametrize("colour_masks", [False, True])

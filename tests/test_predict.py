@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from deeplab.engine.pipeline import SkippedImages, predict, train
+from deeplab.engine.pipeline import train
+from deeplab.engine.prediction import SkippedImages, predict
 from deeplab.runtime.config import compose
 
 REPO = Path(__file__).resolve().parents[1]

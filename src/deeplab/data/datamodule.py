@@ -105,15 +105,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The dataset over `ids`; a data set without path templates overrides it."""
         _, image_template, mask_template = self.templates(stage)
         return SegmentationDataset(
-            ids,
-            image_template,
-            mask_template,
-            self.num_classes,
-            self.mean,
-            self.std,
-            transform,
-            self.max_pixels,
+            ids, image_template, mask_template, self.num_classes, **self.reader_options(transform)
         )
+
+    def reader_options(self, transform) -> dict:
+        """What every reader of this data module takes, whatever its paths: the normalisation,
+        the training augmentation and the pixel limit (`data.max_pixels`)."""
+        return dict(mean=self.mean, std=self.std, transform=transform, max_pixels=self.max_pixels)
 
     def check_root(self) -> None:
         if not self.root.is_dir():
