@@ -134,7 +134,8 @@ def sections(profile: Profile) -> dict[str, Section]:
         "eval": Section(
             "Evaluation: ResNet-101 ASPP-L, one image at a time",
             "conf/evaluate.yaml's network (deeplab.engine.test_time.evaluation_network over "
-            "`tta`), softmax at full size, then `crf=deeplab_resnet101` with the torch backend on the device, then argmax; "
+            "`tta`), softmax at full size, then `crf=deeplab_resnet101` with the torch backend "
+            "on the device, then argmax; "
             f"median of {p.steps} after {p.warmup} warm-up.",
             ["pipeline", "precision", "input", "ms / image", "img/s", "peak MiB"],
         ),
