@@ -1,12 +1,12 @@
-"""Checkpoint records of earlier layouts, read as the current configs write them.
+"""Checkpoint records of an earlier config layout, read as the current configs write them.
 
-Until 2026-12-07 the CRF-RNN layer was configured inside every model config
-(`model.crf_rnn`, `model.crf_rnn_iterations`, `model.crf_rnn_test_iterations`,
-`model.crf_rnn_aux_loss_weight`, `model.crf_rnn_lr_mult`); it is now a group of its own,
-`crf_rnn=on` (conf/crf_rnn/on.yaml), and its training knobs are `optim.crf_rnn_lr_mult` and
-`loss.crf_rnn_aux_weight`. A checkpoint written before records those keys in its resolved model
-config and in its overrides; this module is the one place that translates them, so that
-evaluate, predict, export and init_from_checkpoint read old and new checkpoints alike.
+The CRF-RNN layer is a config group of its own, `crf_rnn=on` (conf/crf_rnn/on.yaml), with its
+training knobs in `optim.crf_rnn_lr_mult` and `loss.crf_rnn_aux_weight`. Checkpoints of the
+earlier layout configured it inside the model config (`model.crf_rnn`, `model.crf_rnn_iterations`,
+`model.crf_rnn_test_iterations`, `model.crf_rnn_aux_loss_weight`, `model.crf_rnn_lr_mult`), and
+record those keys in their resolved model config and in their overrides. This module is the one
+place that translates them, so that evaluate, predict, export and init_from_checkpoint read
+checkpoints of both layouts alike.
 """
 
 LEGACY_PREFIX = "crf_rnn"  # every old key of the layer began so, inside `model`
