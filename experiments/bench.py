@@ -16,20 +16,17 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
-import platform
-import resource
-import statistics
-import time
 from pathlib import Path
 
 import hydra
+import timing
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab.engine import speed
 from deeplab.engine.losses import segmentation_loss
 from deeplab.engine.optimizer import build_sgd
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 # row name -> (conf/model file, conf/backbone file, msc)
@@ -51,7 +48,7 @@ def build(name: str, width_mult: float) -> torch.nn.Module:
     model, backbone, msc = MODELS[name]
     overrides = [f"model={model}", f"backbone={backbone}", f"data.num_classes={NUM_CLASSES}"]
     overrides += [f"model.width_mult={width_mult}", f"model.msc={str(msc).lower()}"]
-    return hydra.utils.instantiate(network_config(compose("train", overrides).model))
+    return hydra.utils.instantiate(compose("train", overrides).model)
 
 
 def step_flops(name: str, width_mult: float, crop: int, batch: int) -> int:
@@ -67,30 +64,6 @@ def step_flops(name: str, width_mult: float, crop: int, batch: int) -> int:
     return counter.get_total_flops()
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: torch.device, warmup: int, repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds of `fn()` after `warmup` calls.
-
-    On a shared CPU the wall time grows with the others' load; the CPU time (with
-    OMP_WAIT_POLICY=passive, so waiting threads sleep instead of spinning) stays near what an
-    idle machine needs in total over its threads."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        _sync(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        fn()
-        _sync(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - cpu_start)
-    return statistics.median(wall), statistics.median(cpu)
-
-
 def measure_model(name: str, args: argparse.Namespace) -> dict:
     """Training img/s, inference img/s and peak memory of one row (run in its own process)."""
     torch.set_num_threads(args.threads)
@@ -98,7 +71,7 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     net = build(name, args.width_mult).to(device)
-    speed.apply(
+    speed.apply_speed_options(
         net,
         {
             "atrous_mode": args.atrous_mode,
@@ -128,10 +101,14 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     net.train()
-    train_s, train_cpu_s = _timed(train_step, device, args.warmup, args.steps)
-    train_peak = _peak_bytes(device)
+    train_s, train_cpu_s = timing.median_seconds(train_step, device, args.warmup, args.steps)
+    train_peak = timing.peak_bytes(device)
     net.eval()
-    infer_s = _timed(infer, device, args.warmup, args.steps)[0] if args.infer_size else None
+    infer_s = (
+        timing.median_seconds(infer, device, args.warmup, args.steps)[0]
+        if args.infer_size
+        else None
+    )
     return {
         "model": name,
         "params": sum(p.numel() for p in net.parameters()),
@@ -141,13 +118,6 @@ def measure_model(name: str, args: argparse.Namespace) -> dict:
         "train_peak_mem_mib": train_peak / 2**20,
         "infer_img_per_s": 1 / infer_s if infer_s else None,
     }
-
-
-def _peak_bytes(device: torch.device) -> int:
-    """CUDA: peak allocated tensor memory. CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def bench_models(args: argparse.Namespace) -> list[dict]:
@@ -188,16 +158,6 @@ def model_header(args: argparse.Namespace) -> str:
         + "\n|---|---|---|---|---|---|---|---|"
         + ("---|" if mfu else "")
     )
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _experiments_module(name: str):
@@ -275,7 +235,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
 
     meta = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else cpu_name(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else timing.cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default: active)"),

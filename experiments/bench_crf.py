@@ -22,11 +22,11 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import timing
 import torch
 import torch.nn.functional as F
 
@@ -60,14 +60,6 @@ def make_input(height: int, width: int, classes: int, seed: int = 0, index: int 
     return np.ascontiguousarray(image), torch.softmax(up[0], 0).numpy()
 
 
-def _timed(fn, cuda: bool = False):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    out = fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return out, 1000 * (time.perf_counter() - start), 1000 * (time.process_time() - cpu_start)
-
-
 def side_by_side(size: str, repeats: int, threads: int, device: str) -> dict:
     """One image, both backends interleaved; runs in a fresh process (its own thread count)."""
     from deeplab.crf import DenseCRF
@@ -82,9 +74,9 @@ def side_by_side(size: str, repeats: int, threads: int, device: str) -> dict:
     ref(image, probs), port(image_in, probs_in)  # warm-up (allocator, CUDA context, caches)
     times = {"pydensecrf": [], "torch": []}
     for _ in range(repeats):
-        q_ref, ms, cpu = _timed(lambda: ref(image, probs))
+        q_ref, ms, cpu = timing.timed_call(lambda: ref(image, probs))
         times["pydensecrf"].append((ms, cpu))
-        q_port, ms, cpu = _timed(lambda: port(image_in, probs_in), cuda)
+        q_port, ms, cpu = timing.timed_call(lambda: port(image_in, probs_in), cuda)
         times["torch"].append((ms, cpu))
     labels = np.asarray(q_port.cpu() if cuda else q_port).argmax(0)
     return {
@@ -104,9 +96,9 @@ def whole_split(images: int, repeats: int) -> dict:
     port(rgbs[0], probs[0])  # warm-up
     times = {"pydensecrf": [], "torch": []}
     for _ in range(repeats):
-        times["pydensecrf"].append(_timed(lambda: refine_many(ref, rgbs, probs, 2))[1])
+        times["pydensecrf"].append(timing.timed_call(lambda: refine_many(ref, rgbs, probs, 2))[1])
         times["torch"].append(
-            _timed(lambda: [port(r, p) for r, p in zip(rgbs, probs, strict=True)])[1]
+            timing.timed_call(lambda: [port(r, p) for r, p in zip(rgbs, probs, strict=True)])[1]
         )
     return {backend: {"ms": min(ts) / images} for backend, ts in times.items()}
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from deeplab.data.classes import VOC_CLASSES, voc_palette
 from deeplab.export import export, exportable
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.weights.checkpoint import describe
 
 MODELS = {
@@ -39,7 +39,7 @@ def checkpoint(overrides: list[str], path: Path) -> Path:
     """A 21-class checkpoint of the network, recorded as SegmentationModule records it."""
     cfg = compose("train", ["data=voc", *overrides])
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(network_config(cfg.model)).eval()
+    net = hydra.utils.instantiate(cfg.model).eval()
     model = OmegaConf.to_container(cfg.model, resolve=True)
     meta = describe(net, 21, cfg.data.mean, cfg.data.std, model, VOC_CLASSES, voc_palette())
     state = {f"net.{k}": v for k, v in net.state_dict().items()}

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, open_dict
 import deeplab.data  # noqa: F401  data=folder: the resolver that reads the class count
 from deeplab.models.table1_columns import format_table, table1_columns
 from deeplab.runtime.cli import check_command_line, reports_user_errors
-from deeplab.runtime.config import network_config
 from deeplab.runtime.config_checks import check_config
 
 
@@ -30,7 +29,7 @@ def main(cfg: DictConfig) -> None:
     with open_dict(cfg):
         cfg.model.backbone.pretrained = None  # weights do not change the description
     with torch.device("meta"):
-        model = instantiate(network_config(cfg.model))  # the network, without a CRF-RNN
+        model = instantiate(cfg.model)  # design.md I3: the network
     choices = HydraConfig.get().runtime.choices
     row = {"model": choices["model"], "backbone": choices["backbone"]}
     print(format_table([row | table1_columns(model, cfg.input_size)]))

@@ -12,7 +12,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.engine.pipeline import predict
+from deeplab.engine.prediction import predict
 from deeplab.runtime.cli import check_command_line, reports_user_errors
 from deeplab.weights.checkpoint_overrides import with_checkpoint_overrides
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deeplab.models import atrous, build_deeplab
+from deeplab.models import assemble_deeplab, atrous
 from deeplab.models.atrous import AtrousConv2d, set_atrous_mode, space_to_batch_conv2d
 
 # (kernel, rate, height, width): odd / even kernels, sizes divisible by the rate or not,
@@ -55,7 +55,7 @@ def test_auto_follows_the_measured_table(monkeypatch):
 
 def test_set_atrous_mode_switches_a_whole_network_without_changing_its_output():
     torch.manual_seed(0)
-    net = build_deeplab(3, {"name": "vgg16"}, rates=[2, 4], width_mult=0.0625).eval()
+    net = assemble_deeplab(3, {"name": "vgg16"}, rates=[2, 4], width_mult=0.0625).eval()
     x = torch.randn(1, 3, 33, 33)
     assert set_atrous_mode(net, "dilation") == 13 + 2  # every VGG conv and the two fc6
     with torch.no_grad():

@@ -11,7 +11,7 @@ from torch import nn
 from deeplab.data.transforms import CAFFE_MEAN_RGB, train_transform
 from deeplab.engine.losses import segmentation_loss, shrink_labels
 from deeplab.engine.pipeline import evaluate, train
-from deeplab.engine.test_time import wrap
+from deeplab.engine.test_time import evaluation_network
 from deeplab.models import MSC
 from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
@@ -104,12 +104,14 @@ def test_pad_to_is_the_released_test_protocol_by_hand():
     padded[..., :10, :13] = image
     scores = padded[..., ::8, ::8]  # the "network": 3x3 scores at stride 8
     expected = caffe_bilinear(scores, 17)[..., :10, :13]  # Interp zoom 8: 3 -> 17, then crop
-    got = wrap(Subsample(), 2, pad_to=17)(image)
+    got = evaluation_network(Subsample(), 2, pad_to=17)(image)
     assert got.shape == (1, 2, 10, 13)
     assert torch.allclose(got, expected, atol=1e-12)
-    assert isinstance(wrap(Subsample(), 2, pad_to=None), Subsample)  # default: unchanged
+    assert isinstance(
+        evaluation_network(Subsample(), 2, pad_to=None), Subsample
+    )  # default: unchanged
     with pytest.raises(UserError, match=r"tta.pad_to=17 is smaller than a 10x18 image.*pad_to=25"):
-        wrap(Subsample(), 2, pad_to=17)(torch.zeros(1, 2, 10, 18))
+        evaluation_network(Subsample(), 2, pad_to=17)(torch.zeros(1, 2, 10, 18))
 
 
 @pytest.mark.parametrize("config", ["train", "evaluate", "predict"])

@@ -17,7 +17,7 @@ from deeplab.weights.caffe.converter import convert, save
 from deeplab.weights.caffe.released_layouts import vgg16_layers, write_caffemodel
 from deeplab.weights.checkpoint_overrides import (
     run_overrides,
-    still_applying,
+    saved_not_overridden,
     with_checkpoint_overrides,
 )
 
@@ -38,15 +38,15 @@ def env(tmp_path) -> dict:
 
 
 def test_the_command_line_replaces_what_it_sets_and_the_groups_it_switches():
-    assert still_applying(SAVED, ["ckpt_path=x", "data.limit_val=1"]) == [
+    assert saved_not_overridden(SAVED, ["ckpt_path=x", "data.limit_val=1"]) == [
         s for s in SAVED if "limit_val" not in s
     ]
     # another data set: the checkpoint's data values go with its data option
-    kept = still_applying(SAVED, ["ckpt_path=x", "data=voc"])
+    kept = saved_not_overridden(SAVED, ["ckpt_path=x", "data=voc"])
     assert not [s for s in kept if s.startswith(("data", "++data"))]
     assert "++model.rates=[12]" in kept
     # another backbone: its values go, the model's other values stay
-    kept = still_applying(SAVED, ["backbone=resnet101"])
+    kept = saved_not_overridden(SAVED, ["backbone=resnet101"])
     assert "++model.backbone.name='vgg16'" not in kept and "++model.rates=[12]" in kept
 
 

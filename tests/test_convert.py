@@ -10,7 +10,7 @@ import torch
 from hydra.utils import instantiate
 
 from deeplab.convert import main
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 from deeplab.weights.caffe.converter import convert
 from deeplab.weights.caffe.recognise import msc_original
@@ -28,7 +28,7 @@ def build(overrides: list[str]):
     """The network the converter's overrides compose (train config), as train.py builds it."""
     known = compose("train")
     usable = [o for o in overrides if not o.startswith("tta.") or "tta" in known]
-    return instantiate(network_config(compose("train", usable).model))
+    return instantiate(compose("train", usable).model)
 
 
 def by_name(layers):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 
 RTOL = 1e-6
 # name: (layer list builder, width, V1 format, score blob)
@@ -166,7 +166,7 @@ def converted(request, tmp_path_factory):
     src = ref.write_caffemodel(tmp / f"{request.param}.caffemodel", net, weights, v1=v1)
     saved = _convert(src, tmp / f"{request.param}.pth")
     cfg = _compose(list(saved["overrides"]))
-    model = instantiate(network_config(cfg.model))
+    model = instantiate(cfg.model)
     model.load_state_dict(saved["state_dict"], strict=True)
     return request.param, net, weights, model.double().eval(), cfg
 
@@ -232,7 +232,7 @@ def test_msra_resnet101_initialises_deeplabs_backbone(tmp_path, given):
     assert not saved["complete"] and "fc1000" in saved["dropped"]
     path = tmp_path / "msra.pth" if given == "converted" else src
     cfg = _compose([*saved["overrides"], f"model.backbone.pretrained={path}"])
-    model = instantiate(network_config(cfg.model)).double().eval()
+    model = instantiate(cfg.model).double().eval()
     torch.manual_seed(1)
     rgb = torch.rand(1, 3, 321, 321, dtype=torch.float64) * 255
     expected = ref.forward(trunk, weights, ref.caffe_input(rgb))["res5c"]

@@ -84,7 +84,7 @@ def test_untrained_layer_equals_the_post_hoc_crf_on_voc(voc_sample_root, normali
     """Potts and the configured weights: the same CRF as DenseCRF(backend="torch") on raw
     scores, the released setting otherwise (10 iterations, as CRF-RNN runs at test time)."""
     post_hoc = DenseCRF(backend="torch", normalization=normalization)
-    layer = CRFRNN.like(post_hoc, 21)
+    layer = CRFRNN.from_dense_crf(post_hoc, 21)
     assert (layer.iterations, layer.normalization, layer.bi_xy_std) == (10, normalization, 49)
     agree, changed = [], []
     for image, logits in voc_logits(voc_sample_root, 3):

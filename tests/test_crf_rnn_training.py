@@ -1,5 +1,6 @@
-"""model.crf_rnn=true: a CRF-RNN layer trained after the network (stage 2 from a stage-1
-checkpoint), saved in its checkpoints, restored by evaluate and predict from the path alone."""
+"""crf_rnn=on: a CRF-RNN layer trained after the network (stage 2 from a stage-1 checkpoint),
+saved in its checkpoints, restored by evaluate and predict from the path alone, also from a
+checkpoint written when the layer was configured by `model.crf_rnn*` keys."""
 
 import shutil
 
@@ -8,7 +9,14 @@ import torch
 
 from deeplab.crf.crf_rnn import WithCRFRNN
 from deeplab.engine.optimizer import param_groups
-from deeplab.engine.pipeline import build_network, evaluate, load_weights, predict, train
+from deeplab.engine.pipeline import (
+    build_module,
+    build_network,
+    evaluate,
+    load_weights,
+    train,
+)
+from deeplab.engine.prediction import predict
 from deeplab.runtime.config import compose, instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import UserError
@@ -23,7 +31,7 @@ SMOKE = [
     "trainer.max_steps=2",  # within the first epoch: only the final validation runs
     "logger=csv",
 ]
-CRF_RNN = ["model.crf_rnn=true", "crf=synthetic", "crf.backend=torch"]
+CRF_RNN = ["crf_rnn=on", "crf=synthetic", "crf.backend=torch"]
 
 
 def saved_overrides(ckpt, *extra) -> list[str]:
@@ -76,7 +84,7 @@ def test_a_stage1_checkpoint_fills_the_network_and_the_layer_starts_as_potts(run
 def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, tmp_path):
     root, _, stage2, trained = runs
     cfg = compose("evaluate", saved_overrides(stage2))
-    assert cfg.model.crf_rnn and cfg.crf.pos_xy_std == 1.0  # the layer's kernels travel too
+    assert cfg.crf_rnn.test_iterations == 10 and cfg.crf.pos_xy_std == 1.0  # kernels travel too
     scored = evaluate(cfg, tmp_path / "eval")
     for prefix in ("val_net", "val", "val_crf"):
         assert scored[f"{prefix}/mIoU"] == pytest.approx(trained[f"{prefix}/mIoU"])
@@ -95,9 +103,9 @@ def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, 
 @pytest.mark.slow
 def test_a_layer_checkpoint_needs_the_layer(runs):
     _, _, stage2, _ = runs
-    cfg = compose("evaluate", saved_overrides(stage2, "model.crf_rnn=false"))
+    cfg = compose("evaluate", saved_overrides(stage2, "crf_rnn=none"))
     datamodule = instantiate(cfg.data)
-    with pytest.raises(UserError, match="model.crf_rnn=true"):
+    with pytest.raises(UserError, match="crf_rnn=on"):
         load_weights(build_network(cfg, datamodule), stage2, "ckpt_path", cfg, datamodule)
 
 
@@ -113,17 +121,19 @@ def test_crf_on_the_command_line_never_replaces_the_trained_kernels(runs):
 
 
 def test_the_layer_needs_a_crf_config():
-    cfg = compose("train", [*SMOKE, "model.crf_rnn=true"])
+    cfg = compose("train", [*SMOKE, "crf_rnn=on"])
     with pytest.raises(UserError, match="crf=synthetic"):
         build_network(cfg, instantiate(cfg.data))
 
 
 def test_layer_iterations_and_optimizer_group():
-    cfg = compose("train", [*SMOKE, *CRF_RNN, "model.crf_rnn_lr_mult=10"])
+    cfg = compose("train", [*SMOKE, *CRF_RNN, "optim.crf_rnn_lr_mult=10"])
     net = build_network(cfg, instantiate(cfg.data))
-    assert isinstance(net, WithCRFRNN) and net.crf_rnn.iterations == 5
-    assert net.eval().crf_rnn.iterations == 10 and net.train().crf_rnn.iterations == 5
-    groups = {g["name"]: g for g in param_groups(net, 1e-3, 5e-4, 10.0)}
+    assert isinstance(net, WithCRFRNN) and net.crf_rnn.steps == 5
+    assert net.eval().crf_rnn.steps == 10 and net.train().crf_rnn.steps == 5
+    module = build_module(cfg, instantiate(cfg.data), net)
+    assert module.crf_rnn_lr_mult == 10  # optim.* reaches the module
+    groups = {g["name"]: g for g in param_groups(net, 1e-3, 5e-4, 10.0, module.crf_rnn_lr_mult)}
     assert len(groups["crf"]["params"]) == 3
     assert groups["crf"]["lr"] == pytest.approx(1e-2) and groups["crf"]["weight_decay"] == 0.0
     image = torch.randn(2, 3, 33, 41)
@@ -135,4 +145,50 @@ def test_the_stage2_experiment_needs_a_stage1_checkpoint():
         check_config(compose("train", ["experiment=crf_rnn_finetune"]))
     given = compose("train", ["experiment=crf_rnn_finetune", "init_from_checkpoint=s1.ckpt"])
     check_config(given)
-    assert given.init_from_checkpoint == "s1.ckpt" and given.model.crf_rnn
+    assert given.init_from_checkpoint == "s1.ckpt" and given.crf_rnn.iterations == 5
+    assert "crf_rnn" not in given.model  # design.md I12: the layer adds no key to cfg.model
+
+
+def written_before_the_crf_rnn_group(stage2, path):
+    """`stage2` (a checkpoint of the current layout) rewritten as train.py wrote it while the
+    layer was configured inside the model config: its record's model config holds the five
+    `crf_rnn*` keys, its overrides set them, and name no `crf_rnn` group."""
+    checkpoint = torch.load(stage2, map_location="cpu", weights_only=False)
+    record = checkpoint["deeplab"]
+    assert "crf_rnn=on" in record["overrides"]  # the current layout, as this module trains it
+    old_keys = {
+        "crf_rnn": True,
+        "crf_rnn_iterations": 5,
+        "crf_rnn_test_iterations": 10,
+        "crf_rnn_aux_loss_weight": 0.0,
+        "crf_rnn_lr_mult": 1.0,
+    }
+    record["model"] = {**record["model"], **old_keys}
+    kept = [o for o in record["overrides"] if o != "crf_rnn=on" and "crf_rnn." not in o]
+    old = [
+        f"++model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in old_keys.items()
+    ]
+    record["overrides"] = kept + old
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_before_the_crf_rnn_group_still_loads(runs, tmp_path):
+    root, _, stage2, trained = runs
+    old = written_before_the_crf_rnn_group(stage2, tmp_path / "old.ckpt")
+    cfg = compose("evaluate", saved_overrides(old))
+    assert cfg.crf_rnn.test_iterations == 10 and "crf_rnn" not in cfg.model
+    scored = evaluate(cfg, tmp_path / "eval")
+    assert scored["val/mIoU"] == pytest.approx(trained["val/mIoU"])
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(root / "data" / "synthetic" / "JPEGImages" / "val_0000.jpg", images)
+    assert len(predict(compose("predict", saved_overrides(old, f"input={images}")), tmp_path)) == 1
+
+    cfg = compose("train", [*SMOKE, f"data_dir={root / 'data'}", *CRF_RNN])
+    datamodule = instantiate(cfg.data)
+    net = load_weights(build_network(cfg, datamodule), old, "init_from_checkpoint", cfg, datamodule)
+    for key, value in layer_state(stage2).items():
+        assert torch.equal(net.state_dict()[key], value)

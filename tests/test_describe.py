@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deeplab.models import build_deeplab
+from deeplab.models import assemble_deeplab
 from deeplab.models.table1_columns import format_table, table1_columns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def meta_deeplab(**kwargs) -> nn.Module:
     with torch.device("meta"):
-        return build_deeplab(21, {"name": "vgg16"}, **kwargs)
+        return assemble_deeplab(21, {"name": "vgg16"}, **kwargs)
 
 
 def test_table1_row_4_largefov():

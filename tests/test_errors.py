@@ -17,9 +17,10 @@ from PIL import Image
 from deeplab.crf.probs_io import load_probabilities, save_probabilities
 from deeplab.crf.search import main as crf_search
 from deeplab.data.dataset import read_ids
-from deeplab.engine.pipeline import check_run_config, evaluate, model_config, predict, train
+from deeplab.engine.pipeline import check_run_config, evaluate, model_config, train
+from deeplab.engine.prediction import predict
 from deeplab.runtime.cli import reports_user_errors
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.tables.runs import load_jobs
@@ -63,8 +64,11 @@ BAD_VALUES = [
     ("train", "model.kernel_size=0"),
     ("train", "model.width_mult=0"),
     ("train", "model.dropout=1.0"),
-    ("train", "model.msc_scales=[0.5,0.75]"),
-    ("train", "model.msc_scales=[]"),
+    ("train", "model.msc=true model.msc_scales=[0.5,0.75]"),
+    ("train", "model.msc=true model.msc_scales=[]"),
+    ("train", "model=refinenet model.widths=[512,256,256]"),
+    ("train", "crf_rnn=on crf=deeplab_vgg16 crf_rnn.test_iterations=-1"),
+    ("train", "optim.crf_rnn_lr_mult=-1"),
     ("train", "schedule.power=0"),
     ("train", "val_samples=-1"),
     ("train", "seed=-1"),
@@ -151,7 +155,7 @@ def broken_files(tmp_path) -> dict:
 def test_unreadable_checkpoints_and_weights_are_named(tmp_path):
     cfg = compose("evaluate", [*SMOKE, "ckpt_path=x"])
     for path in broken_files(tmp_path).values():
-        net = instantiate(network_config(cfg.model))
+        net = instantiate(cfg.model)
         with pytest.raises(UserError, match=rf"checkpoint {re.escape(str(path))} cannot be read"):
             load_network(net, path, 7, cfg.data.mean, cfg.data.std, model_config(cfg))
         with pytest.raises(UserError, match=rf"pretrained weights file {re.escape(str(path))}"):
@@ -204,7 +208,7 @@ def test_corrupt_probability_files_are_named(tmp_path):
 def save_checkpoint(path, overrides: list[str]) -> None:
     """A checkpoint as train.py writes it (weights + recorded run config), without training."""
     cfg = compose("train", [*SMOKE, *overrides])
-    net = instantiate(network_config(cfg.model))
+    net = instantiate(cfg.model)
     state = {f"net.{k}": v for k, v in net.state_dict().items()}
     meta = checkpoint_record(
         net, cfg.data.num_classes, cfg.data.mean, cfg.data.std, model_config(cfg)
@@ -217,7 +221,7 @@ def save_checkpoint(path, overrides: list[str]) -> None:
 def load(overrides: list[str]) -> torch.nn.Module:
     cfg = compose("evaluate", [*SMOKE, *overrides])
     check_config(cfg)
-    net = instantiate(network_config(cfg.model))
+    net = instantiate(cfg.model)
     data = cfg.data
     return load_network(
         net, cfg.ckpt_path, data.num_classes, data.mean, data.std, model_config(cfg)

@@ -9,7 +9,7 @@ import torch
 from deeplab.crf import load_probabilities, probability_files
 from deeplab.engine.pipeline import evaluate, train
 from deeplab.engine.test_time import MultiScaleFlip, SlidingWindow, resize
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
 
@@ -18,7 +18,7 @@ SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
 def net():
     cfg = compose("train", [*SMOKE])
     torch.manual_seed(0)
-    return hydra.utils.instantiate(network_config(cfg.model)).eval()
+    return hydra.utils.instantiate(cfg.model).eval()
 
 
 @torch.no_grad()

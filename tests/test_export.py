@@ -17,7 +17,7 @@ from deeplab.data.classes import SYNTHETIC_CLASSES, voc_palette
 from deeplab.data.normalization import normalize
 from deeplab.engine.test_time import probabilities
 from deeplab.export import export, main
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.weights.checkpoint import checkpoint_record
 
@@ -51,7 +51,7 @@ def make_checkpoint(overrides: list[str], path: Path) -> tuple[torch.nn.Module, 
     data += [f"data.std=[{','.join(map(str, STD))}]"]
     cfg = compose("train", [*data, "model.width_mult=0.0625", *overrides])
     torch.manual_seed(0)
-    net = hydra.utils.instantiate(network_config(cfg.model)).eval()
+    net = hydra.utils.instantiate(cfg.model).eval()
     for name, tensor in net.state_dict().items():  # every layer matters, BatchNorm too
         if name.endswith("running_var"):
             tensor.uniform_(0.5, 2.0)
@@ -179,7 +179,7 @@ def test_a_converted_caffe_file_exports_as_its_recorded_network(tmp_path):
     save(converted, tmp_path / "aspp.pth")
     props = export(tmp_path / "aspp.pth", tmp_path / "aspp.onnx")
     assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(5)]
-    net = hydra.utils.instantiate(network_config(converted["model"])).eval()
+    net = hydra.utils.instantiate(converted["model"]).eval()
     net.load_state_dict(converted["state_dict"])
     session = onnxruntime.InferenceSession(str(tmp_path / "aspp.onnx"))
     image = random_image(1, 45, 60)

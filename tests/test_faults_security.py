@@ -25,14 +25,8 @@ from deeplab.data.datamodule import SyntheticDataModule
 from deeplab.data.dataset import read_ids, read_mask
 from deeplab.data.images import read_rgb
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
-from deeplab.engine.pipeline import (
-    SkippedImages,
-    build_network,
-    evaluate,
-    load_weights,
-    predict,
-    train,  # noqa: I001
-)
+from deeplab.engine.pipeline import build_network, evaluate, load_weights, train
+from deeplab.engine.prediction import SkippedImages, predict
 from deeplab.export import export
 from deeplab.export import main as export_main
 from deeplab.runtime import atomic as run_atomic
@@ -506,7 +500,7 @@ def test_stored_overrides_outside_the_allowlist_are_refused_naming_file_and_key(
 def test_allowed_overrides_pass_as_they_were_recorded(tmp_path):
     saved = ["data=synthetic", "model=largefov", "crf=synthetic", "++data.limit_val=3",
              "++model.rates=[12]", "++crf.bi_xy_std=12.0", "tta.pad_to=513",
-             "++data.root='/data/x y'", "++model.crf_rnn=false"]  # fmt: skip
+             "++data.root='/data/x y'", "crf_rnn=on", "++crf_rnn.test_iterations=10"]  # fmt: skip
     ckpt = recorded_checkpoint(tmp_path / "x.ckpt", {"overrides": saved})
     argv = with_checkpoint_overrides(["evaluate.py", f"ckpt_path={ckpt}"])
     assert argv[1:-1] == saved

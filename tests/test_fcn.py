@@ -5,11 +5,11 @@ import torch
 from hydra.utils import instantiate
 from test_pretrained import tv_vgg16
 
-from deeplab.models import FCN, build_fcn, count_parameters
+from deeplab.models import FCN, assemble_fcn, count_parameters
 from deeplab.models.fcn import crop_offsets
 from deeplab.models.upsample import BilinearTransposed, ResizeConv, bilinear_kernel
-from deeplab.runtime.config import compose, network_config
-from deeplab.weights.networks import build_fcn as build_fcn_with_weights
+from deeplab.runtime.config import compose
+from deeplab.weights.networks import build_fcn
 from deeplab.weights.pretrained import apply_plan, vgg16_fc_plan, vgg16_features_plan
 
 VGG = {"name": "vgg16", "pretrained": None}
@@ -21,7 +21,7 @@ def meta_fcn(*overrides: str) -> FCN:
     cfg = compose("describe", ["model=fcn8s", *overrides])
     assert cfg.model.backbone.name == "vgg16"  # fcn8s.yaml picks its backbone itself
     with torch.device("meta"):
-        return instantiate(network_config(cfg.model))
+        return instantiate(cfg.model)
 
 
 def test_fcn8s_has_134_5m_parameters_counting_the_upsampling_filters():
@@ -49,18 +49,18 @@ def test_crop_offsets_follow_the_reference_prototxts():
 
 
 def test_narrow_fcn_computes_zero_logits_at_init_and_names_its_score_layers():
-    net = build_fcn(5, VGG, width_mult=W)
+    net = assemble_fcn(5, VGG, width_mult=W)
     with torch.no_grad():
         y = net.eval()(torch.randn(1, 3, 45, 38))
     assert y.shape == (1, 5, 45, 38) and not y.any()  # every score layer starts at zero (FCN)
     scores = [net.head.fc8, net.score_pool["pool4"], net.score_pool["pool3"]]
     assert net.classifier_parameters() == [p for c in scores for p in (c.weight, c.bias)]
     assert net.skip_scales == {"pool4": 1.0, "pool3": 1.0}
-    assert build_fcn(5, VGG, width_mult=W, at_once=True).skip_scales["pool3"] == 1e-4
+    assert assemble_fcn(5, VGG, width_mult=W, at_once=True).skip_scales["pool3"] == 1e-4
 
 
 def test_msc_wraps_fcn_like_deeplab():
-    net = build_fcn(3, VGG, width_mult=W, msc=True).train()
+    net = assemble_fcn(3, VGG, width_mult=W, msc=True).train()
     outs = net(torch.randn(1, 3, 33, 33))
     # 0.75 is trained resized to the scale-1 size (Caffe MSC), 0.5 on its own grid
     assert [tuple(o.shape[-2:]) for o in outs] == [(33, 33), (33, 33), (33, 33), (17, 17)]
@@ -92,7 +92,7 @@ def test_resize_conv_is_on_the_transposed_conv_grid(factor):
     ],
 )
 def test_upsampling_kind_and_what_learns(upsampling, learn, trainable):
-    net = build_fcn(3, VGG, upsampling=upsampling, learn_upsampling=learn, width_mult=W)
+    net = assemble_fcn(3, VGG, upsampling=upsampling, learn_upsampling=learn, width_mult=W)
     assert list(net.upscore) == ["2", "pool4", "8"]
     assert [all(p.requires_grad for p in m.parameters()) for m in net.upscore.values()] == trainable
     assert net(torch.randn(1, 3, 20, 27)).shape == (1, 3, 20, 27)
@@ -109,7 +109,7 @@ def test_pretrained_file_initialises_backbone_fc6_and_fc7(tmp_path):
     state = tv_vgg16(W)
     torch.save(state, tmp_path / "vgg16.pth")
     path = str(tmp_path / "vgg16.pth")
-    net = build_fcn_with_weights(21, VGG | {"pretrained": path}, width_mult=W)
+    net = build_fcn(21, VGG | {"pretrained": path}, width_mult=W)
     fc6 = state["classifier.0.weight"].reshape(net.head.fc6.weight.shape)
     assert torch.equal(net.head.fc6.weight, fc6)
     assert torch.equal(net.backbone.stages.stage5.conv5_3.weight, state["features.28.weight"])
@@ -119,26 +119,24 @@ def test_pretrained_file_initialises_backbone_fc6_and_fc7(tmp_path):
 def test_networks_read_no_weight_file():
     """deeplab.models builds; a weight file is refused there, read by deeplab.weights."""
     with pytest.raises(ValueError, match="read by the builders in deeplab.weights"):
-        build_fcn(21, VGG | {"pretrained": "vgg16.pth"}, width_mult=W)
+        assemble_fcn(21, VGG | {"pretrained": "vgg16.pth"}, width_mult=W)
 
 
 def test_staged_training_copies_the_previous_stage_and_keeps_new_skips_zero(tmp_path):
-    fcn32 = build_fcn(4, VGG, stage=32, width_mult=W)
+    fcn32 = assemble_fcn(4, VGG, stage=32, width_mult=W)
     with torch.no_grad():
         fcn32.head.fc8.weight.normal_()  # pretend it was trained
     ckpt = tmp_path / "fcn32s.ckpt"
     torch.save({"state_dict": {f"net.{k}": v for k, v in fcn32.state_dict().items()}}, ckpt)
-    fcn16 = build_fcn_with_weights(4, VGG, stage=16, width_mult=W, init_from=str(ckpt))
+    fcn16 = build_fcn(4, VGG, stage=16, width_mult=W, init_from=str(ckpt))
     assert torch.equal(fcn16.head.fc8.weight, fcn32.head.fc8.weight)
     conv1_1 = [net.backbone.stages.stage1.conv1_1.weight for net in (fcn16, fcn32)]
     assert torch.equal(*conv1_1)
     assert not fcn16.score_pool["pool4"].weight.any()
     with pytest.raises(ValueError, match="not an earlier stage"):
-        build_fcn_with_weights(4, VGG, stage=16, width_mult=2 * W, init_from=str(ckpt))
+        build_fcn(4, VGG, stage=16, width_mult=2 * W, init_from=str(ckpt))
     with pytest.raises(FileNotFoundError, match="model.init_from"):
-        build_fcn_with_weights(
-            4, VGG, stage=16, width_mult=W, init_from=str(tmp_path / "none.ckpt")
-        )
+        build_fcn(4, VGG, stage=16, width_mult=W, init_from=str(tmp_path / "none.ckpt"))
 
 
 @pytest.mark.parametrize(
@@ -153,4 +151,4 @@ def test_staged_training_copies_the_previous_stage_and_keeps_new_skips_zero(tmp_
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_fcn(21, width_mult=W, **kwargs)
+        assemble_fcn(21, width_mult=W, **kwargs)

@@ -17,7 +17,7 @@ from deeplab.data.classes import VOC_CLASSES, voc_palette
 from deeplab.data.dataset import read_mask
 from deeplab.data.folder import FolderDataModule
 from deeplab.export import export
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose, instantiate
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.weights.checkpoint_overrides import recorded_split_dir, with_run_split_dir
@@ -75,6 +75,19 @@ def test_classes_and_count_come_from_classes_txt(tmp_path):
     dm = module(root)
     assert dm.class_names == ["background", "cat", "dog"] and dm.num_classes == 3
     assert dm.palette[1].tolist() == [200, 40, 40] and dm.palette[255].tolist() == [255] * 3
+
+
+def test_the_pixel_limit_applies_to_own_data_sets(tmp_path):
+    """`data.max_pixels` protects memory for every data set: a 64-pixel image is refused by name
+    under `data=folder data.max_pixels=10`, before it is decoded."""
+    root = make_folder(tmp_path / "pets", count=2, size=(8, 8))
+    cfg = compose("train", ["data=folder", f"data.root={root}", "data.max_pixels=10"])
+    cfg.data.split_dir = str(tmp_path / "splits")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("validate")
+    name = datamodule.val_set.ids[0]
+    with pytest.raises(UserError, match=rf"image .*{name}\.\w+ is 8 x 8 pixels.*data\.max_pixels"):
+        datamodule.val_set.load(0)
 
 
 @pytest.mark.parametrize("colour_masks", [False, True])
@@ -333,7 +346,7 @@ def test_fine_tuning_converted_voc_weights_reinitialises_the_classifier(tmp_path
     init = ["init=caffe", f"init.path={tmp_path / 'voc.pth'}", "model.width_mult=0.0625"]
     cfg = compose("train", ["data=folder", f"data.root={root}", *init])
     with caplog.at_level("WARNING"):
-        net = hydra.utils.instantiate(network_config(cfg.model))
+        net = hydra.utils.instantiate(cfg.model)
     assert net.head.branches[0].fc8.out_channels == 3
     assert "re-initialised, not loaded: head.branches.0.fc8.weight (21, " in caplog.text
     fc7 = converted["state_dict"]["head.branches.0.fc7.weight"]

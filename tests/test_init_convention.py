@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from deeplab.engine.pipeline import train
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 from deeplab.weights.caffe.converter import convert, save
 from deeplab.weights.caffe.released_layouts import resnet101_layers, vgg16_layers, write_caffemodel
@@ -119,7 +119,7 @@ def test_stride_placement_must_match_the_weights(files):
 
 
 def _model(overrides):
-    return instantiate(network_config(compose("train", overrides).model))
+    return instantiate(compose("train", overrides).model)
 
 
 @pytest.mark.parametrize("source", ["coco", "coco_caffemodel"])
@@ -149,25 +149,21 @@ def test_vgg_init_fc6_fc7_start_every_aspp_branch(files):
 def test_converted_network_loads_as_ckpt_path_and_checks_normalization(files):
     saved = torch.load(files["voc_msc"], weights_only=True)
     cfg = compose("evaluate", [o for o in saved["overrides"] if not o.startswith("tta.")])
-    net = load_network(
-        instantiate(network_config(cfg.model)), files["voc_msc"], 21, cfg.data.mean, cfg.data.std
-    )
+    net = load_network(instantiate(cfg.model), files["voc_msc"], 21, cfg.data.mean, cfg.data.std)
     torch.testing.assert_close(
         net.state_dict()["net.backbone.conv1.weight"],
         saved["state_dict"]["net.backbone.conv1.weight"],
     )
     with pytest.raises(ValueError, match="data.std=\\[1.0,1.0,1.0\\]"):
         load_network(
-            instantiate(network_config(cfg.model)),
+            instantiate(cfg.model),
             files["voc_msc"],
             21,
             TORCHVISION.mean,
             TORCHVISION.std,
         )
     with pytest.raises(UserError, match="backbone initialisation without a classifier"):
-        load_network(
-            instantiate(network_config(cfg.model)), files["vgg_init"], 21, CAFFE.mean, CAFFE.std
-        )
+        load_network(instantiate(cfg.model), files["vgg_init"], 21, CAFFE.mean, CAFFE.std)
 
 
 def test_converted_network_refuses_other_atrous_rates_as_ckpt_path(files):
@@ -178,7 +174,7 @@ def test_converted_network_refuses_other_atrous_rates_as_ckpt_path(files):
     model = OmegaConf.to_container(cfg.model, resolve=True)
     with pytest.raises(UserError, match=r"model.rates=\[6,12,18,24\]"):
         load_network(
-            instantiate(network_config(cfg.model)),
+            instantiate(cfg.model),
             files["voc_msc"],
             21,
             CAFFE.mean,

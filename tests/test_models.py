@@ -8,8 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch import nn
 
-from deeplab.models import MSC, AtrousConv2d, build_deeplab, count_parameters
-from deeplab.runtime.config import network_config
+from deeplab.models import MSC, AtrousConv2d, assemble_deeplab, count_parameters
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODELS = ("fov_7x7_r4", "fov_4x4_r4", "fov_4x4_r8", "largefov", "aspp_s", "aspp_l")
@@ -22,7 +21,7 @@ def config(model: str, backbone: str, *overrides: str):
     """The model config as the command line composes it (`model=... backbone=...`)."""
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("describe", [f"model={model}", f"backbone={backbone}", *overrides])
-        return network_config(cfg.model)
+        return cfg.model
 
 
 def on_meta(cfg) -> nn.Module:
@@ -73,7 +72,7 @@ def test_atrous_conv_keeps_size_for_odd_and_even_kernels(k, rate):
 
 
 def test_msc_returns_fused_and_every_scale_in_training_and_fused_in_eval():
-    net = build_deeplab(5, VGG, width_mult=0.0625, msc=True)
+    net = assemble_deeplab(5, VGG, width_mult=0.0625, msc=True)
     x = torch.randn(1, 3, 97, 97)
     outs = net.train()(x)
     assert isinstance(outs, list) and len(outs) == 4
@@ -88,12 +87,12 @@ def test_msc_returns_fused_and_every_scale_in_training_and_fused_in_eval():
 def test_msc_is_switched_on_from_the_command_line():
     net = on_meta(config("largefov", "vgg16", "model.msc=true"))
     assert isinstance(net, MSC) and net.scales == (1.0, 0.75, 0.5)
-    with pytest.raises(ValueError, match="include 1.0"):
+    with pytest.raises(ValueError, match="including 1.0"):
         MSC(nn.Identity(), (0.5, 0.75))
 
 
 def test_frozen_resnet_batchnorm_stays_eval_and_out_of_the_optimizer():
-    net = build_deeplab(3, RESNET, rates=(6, 12), width_mult=0.0625, msc=True)
+    net = assemble_deeplab(3, RESNET, rates=(6, 12), width_mult=0.0625, msc=True)
     net.train()
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == 104  # stem + 33 blocks x 3 + 4 projection shortcuts
@@ -108,10 +107,10 @@ def test_frozen_resnet_batchnorm_stays_eval_and_out_of_the_optimizer():
 
 
 def test_classifier_parameters_are_the_final_layers_with_paper_init():
-    vgg = build_deeplab(21, VGG, rates=(6, 12, 18, 24), width_mult=0.125)
+    vgg = assemble_deeplab(21, VGG, rates=(6, 12, 18, 24), width_mult=0.125)
     fc8 = [b.fc8 for b in vgg.head.branches]
     assert vgg.classifier_parameters() == [p for c in fc8 for p in (c.weight, c.bias)]
-    resnet = MSC(build_deeplab(21, RESNET, rates=(6, 12, 18, 24), width_mult=0.125))
+    resnet = MSC(assemble_deeplab(21, RESNET, rates=(6, 12, 18, 24), width_mult=0.125))
     params = resnet.classifier_parameters()
     assert len(params) == 8 and params[0].shape == (21, 256, 3, 3)
     for weight, bias in zip(params[::2], params[1::2], strict=True):
@@ -119,19 +118,19 @@ def test_classifier_parameters_are_the_final_layers_with_paper_init():
 
 
 def test_vgg_branch_has_dropout_and_resnet_branch_is_one_conv():
-    vgg = build_deeplab(21, VGG, width_mult=0.125)
+    vgg = assemble_deeplab(21, VGG, width_mult=0.125)
     assert [type(m).__name__ for m in vgg.head.branches[0]] == [
         "AtrousConv2d", "ReLU", "Dropout", "Conv2d", "ReLU", "Dropout", "Conv2d"
     ]  # fmt: skip
     assert vgg.head.branches[0].drop6.p == 0.5
-    resnet = build_deeplab(21, RESNET, kernel_size=4, rates=(8,), width_mult=0.125)
+    resnet = assemble_deeplab(21, RESNET, kernel_size=4, rates=(8,), width_mult=0.125)
     (conv,) = resnet.head.branches[0]
     assert conv.kernel_size == (4, 4) and conv.dilation == (8, 8)
 
 
 def test_stride_placement_is_selectable():
-    caffe = build_deeplab(2, RESNET | {"stride_in_1x1": True}, width_mult=0.0625)
-    tv = build_deeplab(2, RESNET, width_mult=0.0625)
+    caffe = assemble_deeplab(2, RESNET | {"stride_in_1x1": True}, width_mult=0.0625)
+    tv = assemble_deeplab(2, RESNET, width_mult=0.0625)
     assert caffe.backbone.layer2[0].conv1.stride == (2, 2)
     assert caffe.backbone.layer2[0].conv2.stride == (1, 1)
     assert tv.backbone.layer2[0].conv1.stride == (1, 1)
@@ -152,4 +151,4 @@ def test_stride_placement_is_selectable():
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_deeplab(21, **kwargs)
+        assemble_deeplab(21, **kwargs)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deeplab.engine.optimizer import build_optimizer, build_scheduler, build_sgd
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 
 BASE_LR = 1e-3
 MULT = {"weight": 1, "bias": 2, "classifier_weight": 10, "classifier_bias": 20}
@@ -14,7 +14,7 @@ MULT = {"weight": 1, "bias": 2, "classifier_weight": 10, "classifier_bias": 20}
 def network(*overrides):
     cfg = compose("train", ["data=synthetic", "model.width_mult=0.0625", *overrides])
     with torch.device("meta"):  # shapes only: grouping never reads the values
-        return cfg, hydra.utils.instantiate(network_config(cfg.model))
+        return cfg, hydra.utils.instantiate(cfg.model)
 
 
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet101"])

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deeplab.engine.pipeline import SkippedImages, predict, train
-from deeplab.runtime.config import compose, network_config
+from deeplab.engine.pipeline import train
+from deeplab.engine.prediction import SkippedImages, predict
+from deeplab.runtime.config import compose
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["debug=smoke", "data=synthetic", "data.num_train=8", "data.num_val=3"]
@@ -67,9 +68,7 @@ def test_a_folder_without_images_is_a_clear_error(tmp_path):
 
 def untrained_checkpoint(path):
     """A checkpoint of the MODEL network as initialised: enough to exercise prediction's I/O."""
-    net = hydra.utils.instantiate(
-        network_config(compose("predict", [*MODEL, "ckpt_path=x", "input=x"]).model)
-    )
+    net = hydra.utils.instantiate(compose("predict", [*MODEL, "ckpt_path=x", "input=x"]).model)
     torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, path)
     return path
 

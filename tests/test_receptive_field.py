@@ -3,7 +3,7 @@
 import pytest
 from torch import nn
 
-from deeplab.models import build_deeplab
+from deeplab.models import assemble_deeplab
 from deeplab.models.receptive_field import (
     chain_receptive_field,
     effective_kernel,
@@ -29,7 +29,7 @@ def test_walk_of_simple_chains():
 
 @pytest.mark.parametrize(("kernel", "rate", "field"), [(3, 12, 419), (4, 4, 323)])
 def test_probe_matches_walk_on_deeplab_vgg(kernel, rate, field):
-    model = build_deeplab(7, VGG, kernel_size=kernel, rates=[rate], width_mult=1 / 64)
+    model = assemble_deeplab(7, VGG, kernel_size=kernel, rates=[rate], width_mult=1 / 64)
     walk, jump = chain_receptive_field([model.backbone, model.head.branches[0]])
     probe = gradient_receptive_field(model, 449)
     assert (walk, jump) == (field, 8)
@@ -39,7 +39,7 @@ def test_probe_matches_walk_on_deeplab_vgg(kernel, rate, field):
 
 
 def test_probe_sees_the_widest_aspp_branch():
-    model = build_deeplab(7, VGG, rates=[2, 12], width_mult=1 / 64)
+    model = assemble_deeplab(7, VGG, rates=[2, 12], width_mult=1 / 64)
     assert [chain_receptive_field([model.backbone, b])[0] for b in model.head.branches] == [
         259,
         419,
@@ -48,7 +48,7 @@ def test_probe_sees_the_widest_aspp_branch():
 
 
 def test_probe_rejects_a_too_small_input():
-    model = build_deeplab(7, VGG, width_mult=1 / 64)
+    model = assemble_deeplab(7, VGG, width_mult=1 / 64)
     with pytest.raises(ValueError, match="larger input_size"):
         gradient_receptive_field(model, 321)
 

@@ -7,10 +7,10 @@ from test_pretrained import tv_resnet101
 from torch import nn
 
 from deeplab.engine.optimizer import build_sgd
-from deeplab.models import RefineNet, build_refinenet, count_parameters
+from deeplab.models import RefineNet, assemble_refinenet, count_parameters
 from deeplab.models.refinenet import RCU, ChainedResidualPooling, MultiResolutionFusion
 from deeplab.models.table1_columns import format_table, table1_columns
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.weights.pretrained import apply_plan, resnet_plan
 
 RESNET = {"name": "resnet101", "pretrained": None}
@@ -22,7 +22,7 @@ def meta(model: str, *overrides: str) -> nn.Module:
     """The full-size network as `model=...` on the command line configures it."""
     cfg = compose("describe", [f"model={model}", *overrides])
     with torch.device("meta"):
-        return instantiate(network_config(cfg.model))
+        return instantiate(cfg.model)
 
 
 def meta_refinenet() -> RefineNet:
@@ -56,7 +56,7 @@ def test_logits_are_at_res2_resolution(size, logits):
 
 
 def test_narrow_refinenet_computes_finite_logits_on_an_odd_size():
-    net = build_refinenet(21, RESNET, width_mult=W).eval()
+    net = assemble_refinenet(21, RESNET, width_mult=W).eval()
     with torch.no_grad():
         y = net(torch.randn(1, 3, 45, 37))
     assert y.shape == (1, 21, 12, 10) and torch.isfinite(y).all()
@@ -64,8 +64,8 @@ def test_narrow_refinenet_computes_finite_logits_on_an_odd_size():
 
 
 def test_block_structure_follows_the_configuration():
-    paper = build_refinenet(3, RESNET, crp_stages=2, output_rcus=1, final_rcus=2, width_mult=W)
-    released = build_refinenet(3, RESNET, width_mult=W)
+    paper = assemble_refinenet(3, RESNET, crp_stages=2, output_rcus=1, final_rcus=2, width_mult=W)
+    released = assemble_refinenet(3, RESNET, width_mult=W)
     for net, crp, out in ((paper, 2, 1), (released, 4, 3)):
         assert list(net.blocks) == ["refine4", "refine3", "refine2", "refine1"]
         for block in net.blocks.values():
@@ -94,7 +94,7 @@ def test_fusion_upsamples_to_the_finer_path_and_crp_sums_the_chain():
 
 
 def test_frozen_bn_backbone_classifier_and_pretrained_plan():
-    net = build_refinenet(21, RESNET, width_mult=W).train()
+    net = assemble_refinenet(21, RESNET, width_mult=W).train()
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(not m.training and not p.requires_grad for m in bns for p in m.parameters())
     assert net.classifier_parameters() == [net.classifier.weight, net.classifier.bias]
@@ -127,4 +127,4 @@ def test_optimizer_runs_the_resnet_at_a_tenth_of_the_lr_even_under_msc():
 )
 def test_bad_settings_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_refinenet(21, width_mult=W, **kwargs)
+        assemble_refinenet(21, width_mult=W, **kwargs)

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from deeplab.engine import speed
-from deeplab.models import build_deeplab
+from deeplab.models import assemble_deeplab
 from deeplab.models.atrous import AtrousConv2d
 
 
 def tiny_net(backbone: str = "vgg16", **kw) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = build_deeplab(4, {"name": backbone}, rates=[2, 4], width_mult=0.0625, **kw)
+    net = assemble_deeplab(4, {"name": backbone}, rates=[2, 4], width_mult=0.0625, **kw)
     return net.eval()
 
 
@@ -28,30 +28,30 @@ def test_defaults_change_nothing(image):
     net = tiny_net()
     want = outputs(net, image)
     keys = list(net.state_dict())
-    assert speed.apply(net, None) is net
+    assert speed.apply_speed_options(net, None) is net
     assert all(m.mode == "auto" for m in net.modules() if isinstance(m, AtrousConv2d))
     torch.testing.assert_close(outputs(net, image), want, rtol=1e-5, atol=1e-6)
     assert list(net.state_dict()) == keys
 
 
 def test_atrous_mode_is_applied_to_every_layer():
-    net = speed.apply(tiny_net("resnet101"), {"atrous_mode": "space_to_batch"})
+    net = speed.apply_speed_options(tiny_net("resnet101"), {"atrous_mode": "space_to_batch"})
     modes = {m.mode for m in net.modules() if isinstance(m, AtrousConv2d)}
     assert modes == {"space_to_batch"}
 
 
 def test_unknown_keys_and_modes_are_clear_errors():
     with pytest.raises(ValueError, match="speed has unknown keys"):
-        speed.apply(tiny_net(), {"channel_last": True})
+        speed.apply_speed_options(tiny_net(), {"channel_last": True})
     with pytest.raises(ValueError, match="speed.atrous_mode"):
-        speed.apply(tiny_net(), {"atrous_mode": "fast"})
+        speed.apply_speed_options(tiny_net(), {"atrous_mode": "fast"})
 
 
 def test_channels_last_matches_plain_path(image):
     """Same float32 arithmetic in a different memory order: within 1e-5 relative."""
     plain = tiny_net()
     want = outputs(plain, image)
-    net = speed.apply(tiny_net(), {"channels_last": True})
+    net = speed.apply_speed_options(tiny_net(), {"channels_last": True})
     assert net.backbone.stages.stage1.conv1_1.weight.is_contiguous(
         memory_format=torch.channels_last
     )
@@ -81,9 +81,9 @@ def test_compile_matches_plain_path(image):
     net = torch.nn.Sequential(
         AtrousConv2d(3, 4, 3, rate=2), torch.nn.ReLU(), AtrousConv2d(4, 2, 4, rate=3)
     ).eval()
-    want = outputs(speed.apply(net, {"atrous_mode": "dilation"}), image)
+    want = outputs(speed.apply_speed_options(net, {"atrous_mode": "dilation"}), image)
     keys = list(net.state_dict())
-    speed.apply(net, {"compile": True, "atrous_mode": "space_to_batch"})
+    speed.apply_speed_options(net, {"compile": True, "atrous_mode": "space_to_batch"})
     torch.testing.assert_close(outputs(net, image), want, rtol=1e-4, atol=1e-5)
     assert list(net.state_dict()) == keys  # checkpoints stay interchangeable
 
@@ -113,12 +113,13 @@ def test_bench_measures_a_tiny_model():
 
 
 def test_train_config_has_the_speed_block():
-    """conf/train.yaml's `speed:` holds exactly the keys `speed.apply` takes, at their defaults."""
+    """conf/train.yaml's `speed:` holds exactly the keys `speed.apply_speed_options` takes, at
+    their defaults."""
     from hydra.utils import instantiate
 
-    from deeplab.runtime.config import compose, network_config
+    from deeplab.runtime.config import compose
 
     cfg = compose("train", ["debug=smoke", "data=synthetic", "speed.atrous_mode=space_to_batch"])
     assert dict(cfg.speed) == {**speed.DEFAULTS, "atrous_mode": "space_to_batch"}
-    net = speed.apply(instantiate(network_config(cfg.model)), cfg.speed)
+    net = speed.apply_speed_options(instantiate(cfg.model), cfg.speed)
     assert {m.mode for m in net.modules() if isinstance(m, AtrousConv2d)} == {"space_to_batch"}

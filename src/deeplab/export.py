@@ -30,15 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.crf.crf_rnn import checkpoint_holds_layer
 from deeplab.data.classes import voc_palette
 from deeplab.models.atrous import set_atrous_mode
 from deeplab.runtime.cli import reports_user_errors
-from deeplab.runtime.config import instantiate, network_config
+from deeplab.runtime.config import instantiate
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file
 from deeplab.weights.checkpoint import check_compatible, network_state
 from deeplab.weights.conventions import converted_checkpoint, is_converted
 from deeplab.weights.handed_config import check_finite, check_record, project_model_config
+from deeplab.weights.legacy_records import current_record
 
 FORMATS = {".onnx": "ONNX", ".pt": "TorchScript"}
 TRACE_SIZE = 97  # any size works; odd and small: every network here accepts it, quickly
@@ -76,7 +78,7 @@ def read_weights(path: str | Path) -> tuple[dict, dict]:
         check_record(checkpoint, f"checkpoint {path}")
         state, meta = converted_checkpoint(checkpoint, path)
     else:
-        meta = checkpoint.get("deeplab")
+        meta = current_record(checkpoint.get("deeplab"))
         if not meta or "model" not in meta:
             raise UserError(
                 f"checkpoint {path} does not record the model config it was trained with (a "
@@ -99,12 +101,12 @@ def rebuild(state: dict, meta: dict, source) -> nn.Module:
             f"{source} was converted before converted files recorded their model config: "
             "convert the .caffemodel again with python -m deeplab.convert"
         )
-    if meta["model"].get("crf_rnn"):
+    if checkpoint_holds_layer(state):
         raise UserError(
-            f"{source} ends in a CRF-RNN layer (model.crf_rnn=true), which export does not "
+            f"{source} ends in a CRF-RNN layer (crf_rnn=on), which export does not "
             "cover: use python src/predict.py ckpt_path=... for its masks"
         )
-    model = network_config(project_model_config(copy.deepcopy(meta["model"]), source))
+    model = project_model_config(copy.deepcopy(meta["model"]), source)
     model["backbone"] = {**model.get("backbone", {}), "pretrained": None}
     if "init_from" in model:
         model["init_from"] = None

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from deeplab.crf.dense_crf import check_iterations, check_kernels
 from deeplab.crf.meanfield import (
     Filters,
     Kernel,
@@ -36,7 +37,6 @@ from deeplab.crf.meanfield import (
     make_kernel,
     smoothness_kernel,
 )
-from deeplab.crf.pydensecrf_backend import NORMALIZATIONS
 
 # The CRF config fields a layer is built with and keeps fixed (its kernel widths); its weights
 # and label compatibility are learnt (in its state dict), its iterations are the model's.
@@ -140,11 +140,13 @@ class CRFRNN(nn.Module):
     labels).
 
     Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights) and
-    `compatibility` (C x C, Potts at the start). Fixed: the kernel widths, `iterations` and the
-    normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's; "symmetric": 1 / sqrt(K 1)
-    before and after, pydensecrf's default). Computes in float32 (float64 when the scores are
-    float64) with autocast off, so it is safe inside bf16 / fp16 autocast; the images are not
-    differentiated."""
+    `compatibility` (C x C, Potts at the start). Fixed: the kernel widths, the iteration counts
+    (`iterations` in training, `test_iterations` in eval mode, as dropout switches; None: the
+    same) and the normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's;
+    "symmetric": 1 / sqrt(K 1) before and after, pydensecrf's default). Its kernel values obey
+    the post-hoc CRF's rules (`dense_crf.check_kernels`): `conf/crf_rnn/on.yaml` takes them from
+    the `crf` config. Computes in float32 (float64 when the scores are float64) with autocast
+    off, so it is safe inside bf16 / fp16 autocast; the images are not differentiated."""
 
     def __init__(
         self,
@@ -156,24 +158,17 @@ class CRFRNN(nn.Module):
         bi_xy_std: float = 49.0,
         bi_rgb_std: float = 5.0,
         normalization: str = "per_pixel",
+        test_iterations: int | None = None,
     ):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"CRFRNN num_classes={num_classes} must be >= 2")
-        if iterations < 0:
-            raise ValueError(f"CRFRNN iterations={iterations} must be >= 0")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"CRFRNN normalization={normalization!r}: choose one of {tuple(NORMALIZATIONS)}"
-            )
-        for name, std in (
-            ("pos_xy_std", pos_xy_std),
-            ("bi_xy_std", bi_xy_std),
-            ("bi_rgb_std", bi_rgb_std),
-        ):
-            if not std > 0:
-                raise ValueError(f"CRFRNN {name}={std} must be > 0")
+        check_iterations(iterations, "crf_rnn.iterations", 5)
+        if test_iterations is not None:
+            check_iterations(test_iterations, "crf_rnn.test_iterations", 10)
+        check_kernels(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
         self.num_classes, self.iterations = int(num_classes), int(iterations)
+        self.test_iterations = self.iterations if test_iterations is None else int(test_iterations)
         self.pos_xy_std, self.bi_xy_std, self.bi_rgb_std = (
             float(pos_xy_std),
             float(bi_xy_std),
@@ -185,7 +180,7 @@ class CRFRNN(nn.Module):
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
 
     @classmethod
-    def like(cls, crf, num_classes: int, iterations: int | None = None) -> "CRFRNN":
+    def from_dense_crf(cls, crf, num_classes: int, iterations: int | None = None) -> "CRFRNN":
         """The layer with a post-hoc `DenseCRF`'s kernels and normalisation (its iterations
         unless given): untrained, the same CRF on raw scores."""
         params = dict(crf.params)
@@ -193,9 +188,15 @@ class CRFRNN(nn.Module):
             params["iterations"] = iterations
         return cls(num_classes, **params)
 
+    @property
+    def steps(self) -> int:
+        """The mean-field iterations of this mode: `iterations` training, else `test_iterations`."""
+        return self.iterations if self.training else self.test_iterations
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, iterations={self.iterations}, "
+            f"test_iterations={self.test_iterations}, "
             f"pos_xy_std={self.pos_xy_std}, bi_xy_std={self.bi_xy_std}, "
             f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}"
         )
@@ -204,7 +205,7 @@ class CRFRNN(nn.Module):
         self._check(logits, images)
         with torch.autocast(logits.device.type, enabled=False):
             dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-            if not self.iterations:
+            if not self.steps:
                 return logits.to(dtype)
             b, c, h, w = logits.shape
             neg_unary = logits.to(dtype).permute(0, 2, 3, 1).reshape(-1, c)  # labels last
@@ -212,7 +213,7 @@ class CRFRNN(nn.Module):
             weights = torch.stack([self.pos_w, self.bi_w]).to(dtype)
             compatibility_t = self.compatibility.to(dtype).T
             q = torch.softmax(neg_unary, 1)
-            for _ in range(self.iterations):
+            for _ in range(self.steps):
                 messages = kernels(q, weights)
                 scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
                 q = torch.softmax(scores, 1)
@@ -247,40 +248,21 @@ class CRFRNN(nn.Module):
 
 
 class WithCRFRNN(nn.Module):
-    """A segmentation network followed by a CRF-RNN layer (`model.crf_rnn=true`): normalised
-    images (B, 3, H, W) -> CRF-RNN scores (B, C, H, W) at the input size.
+    """A segmentation network followed by a CRF-RNN layer (`crf_rnn=on`): normalised images
+    (B, 3, H, W) -> CRF-RNN scores (B, C, H, W) at the input size.
 
     The network's logits (MSC in training: the fused output, its first) are upsampled bilinearly
     to the input size (half-pixel centres, as the evaluation upsamples them) and refined with the
-    input as RGB 0-255 (`x * std + mean`). The layer runs `iterations` mean-field steps in
-    training and `test_iterations` in eval mode (CRF-RNN: 5 and 10). `net` is the network itself,
-    so that its weights load from, and save as, the same keys under `net.`; the layer's
-    parameters sit under `crf_rnn.`."""
+    input as RGB 0-255 (`x * std + mean`). `net` is the network itself, so that its weights load
+    from, and save as, the same keys under `net.`; the layer's parameters sit under `crf_rnn.`."""
 
-    def __init__(
-        self,
-        net: nn.Module,
-        crf_rnn: CRFRNN,
-        mean,
-        std,
-        iterations: int = 5,
-        test_iterations: int = 10,
-        crf_lr_mult: float = 1.0,
-    ):
+    def __init__(self, net: nn.Module, crf_rnn: CRFRNN, mean, std):
         super().__init__()
         self.net, self.crf_rnn = net, crf_rnn
-        self.iterations, self.test_iterations = int(iterations), int(test_iterations)
-        self.crf_lr_mult = float(crf_lr_mult)  # the optimizer's LR multiplier of the layer
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False
         )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> "WithCRFRNN":
-        super().train(mode)
-        self.crf_rnn.iterations = self.iterations if mode else self.test_iterations
-        return self
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         return self.net.classifier_parameters()
@@ -295,14 +277,14 @@ class WithCRFRNN(nn.Module):
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return self.crf_rnn(logits, x.float() * self.std + self.mean)
 
-    def both(self, x: torch.Tensor):
-        """(CRF-RNN scores at the input size, the network's own output): the losses and the
-        validation score both."""
+    def scores_and_net_output(self, x: torch.Tensor):
+        """(CRF-RNN scores at the input size, the network's own output): the training loss and
+        the validation score use both."""
         own = self.net(x)
         return self.refine(own[0] if isinstance(own, list | tuple) else own, x), own
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.both(x)[0]
+        return self.scores_and_net_output(x)[0]
 
 
 def checkpoint_holds_layer(state: dict) -> bool:

@@ -26,6 +26,38 @@ def default_backend() -> str:
     return "pydensecrf"
 
 
+def check_iterations(iterations, key: str, example: int) -> None:
+    """A mean-field iteration count is an integer >= 0 (0: the scores as they are); `key` is the
+    config key that set it (crf.iterations, crf_rnn.iterations)."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise UserError(
+            f"{key}={iterations!r} is invalid: it must be an integer >= 0, e.g. {key}={example}"
+        )
+
+
+def check_kernels(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization) -> None:
+    """The rules of the CRF's kernel values, one place for the post-hoc `DenseCRF` and the
+    CRF-RNN layer, which takes them from the same `crf` config."""
+    if normalization not in pydensecrf_backend.NORMALIZATIONS:
+        raise UserError(
+            f"crf.normalization={normalization!r} is invalid: it must be one of "
+            f"{pydensecrf_backend.NORMALIZATIONS}, e.g. crf.normalization=per_pixel"
+        )
+    for name, value, low, example in (
+        ("pos_w", pos_w, "weight >= 0", 3),
+        ("bi_w", bi_w, "weight >= 0", 4),
+        ("pos_xy_std", pos_xy_std, "deviation > 0", 3),
+        ("bi_xy_std", bi_xy_std, "deviation > 0", 49),
+        ("bi_rgb_std", bi_rgb_std, "deviation > 0", 5),
+    ):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = number and value == value and (value >= 0 if "weight" in low else value > 0)
+        if not ok:
+            raise UserError(
+                f"crf.{name}={value!r} is invalid: it must be a {low}, e.g. crf.{name}={example}"
+            )
+
+
 class DenseCRF:
     """Fully connected CRF with a Gaussian (smoothness) and a bilateral (appearance) kernel.
 
@@ -53,30 +85,8 @@ class DenseCRF:
                 f"crf.backend={backend!r} is invalid: it must be one of {BACKENDS}, "
                 "e.g. crf.backend=torch"
             )
-        if normalization not in pydensecrf_backend.NORMALIZATIONS:
-            raise UserError(
-                f"crf.normalization={normalization!r} is invalid: it must be one of "
-                f"{pydensecrf_backend.NORMALIZATIONS}, e.g. crf.normalization=per_pixel"
-            )
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise UserError(
-                f"crf.iterations={iterations!r} is invalid: it must be an integer >= 0, "
-                "e.g. crf.iterations=10"
-            )
-        for name, value, low, example in (
-            ("pos_w", pos_w, "weight >= 0", 3),
-            ("bi_w", bi_w, "weight >= 0", 4),
-            ("pos_xy_std", pos_xy_std, "deviation > 0", 3),
-            ("bi_xy_std", bi_xy_std, "deviation > 0", 49),
-            ("bi_rgb_std", bi_rgb_std, "deviation > 0", 5),
-        ):
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            ok = number and value == value and (value >= 0 if "weight" in low else value > 0)
-            if not ok:
-                raise UserError(
-                    f"crf.{name}={value!r} is invalid: it must be a {low}, "
-                    f"e.g. crf.{name}={example}"
-                )
+        check_iterations(iterations, "crf.iterations", 10)
+        check_kernels(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
         # The one place the backend is decided: pydensecrf runs per image on the CPU, in worker
         # processes for whole splits; torch runs batches in this process, on CPU or GPU.
         self.in_worker_processes = backend == "pydensecrf"

@@ -6,17 +6,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from deeplab.data import classes
 from deeplab.data.dataset import SegmentationDataset, read_ids
-from deeplab.data.images import MAX_PIXELS
 from deeplab.data.resumable import ResumableLoader
 from deeplab.data.synthetic import build_synthetic
 from deeplab.data.transforms import CAFFE_MEAN_RGB, UNIT_STD, pad_collate, train_transform
+from deeplab.runtime.config import CONF_DIR
 from deeplab.runtime.errors import MissingFileError, UserError
 
 log = logging.getLogger(__name__)
+
+
+def shared_defaults() -> dict:
+    """The settings every data set shares, as conf/data/base/shared.yaml sets them: their
+    defaults live in that file only, and data modules built in code take them from it."""
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data" / "base" / "shared.yaml"))
+    values.pop("defaults", None)
+    return values
+
+
+SHARED = shared_defaults()
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -37,22 +49,22 @@ class SegmentationDataModule(pl.LightningDataModule):
         root: str,
         num_classes: int | None = None,
         batch_size: int = 10,
-        val_batch_size: int = 1,
+        val_batch_size: int = SHARED["val_batch_size"],
         crop_size: int = 321,
-        random_scale: str = "uniform",
-        scale_range: Sequence[float] = (0.5, 1.5),
-        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5),
-        flip: bool = True,
+        random_scale: str = SHARED["random_scale"],
+        scale_range: Sequence[float] = SHARED["scale_range"],
+        scales: Sequence[float] = SHARED["scales"],
+        flip: bool = SHARED["flip"],
         mean: Sequence[float] = CAFFE_MEAN_RGB,
         std: Sequence[float] = UNIT_STD,
         num_workers: int = 2,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
+        limit_train: int | None = SHARED["limit_train"],
+        limit_val: int | None = SHARED["limit_val"],
         train_split: str = "train",
         val_split: str = "val",
-        max_pixels: int | None = MAX_PIXELS,
+        max_pixels: int | None = SHARED["max_pixels"],
     ):
         super().__init__()
         num_classes = len(self.class_names) if num_classes is None else num_classes
@@ -108,15 +120,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The dataset over `ids`; a data set without path templates overrides it."""
         _, image_template, mask_template = self.templates(stage)
         return SegmentationDataset(
-            ids,
-            image_template,
-            mask_template,
-            self.num_classes,
-            self.mean,
-            self.std,
-            transform,
-            self.max_pixels,
+            ids, image_template, mask_template, self.num_classes, **self.reader_options(transform)
         )
+
+    def reader_options(self, transform) -> dict:
+        """What every reader of this data module takes, whatever its paths: the normalisation,
+        the training augmentation and the pixel limit (`data.max_pixels`)."""
+        return dict(mean=self.mean, std=self.std, transform=transform, max_pixels=self.max_pixels)
 
     def check_root(self) -> None:
         if not self.root.is_dir():

@@ -26,12 +26,11 @@ from deeplab.data import classes
 from deeplab.data.class_list import ClassList, read_classes, read_lines
 from deeplab.data.datamodule import SegmentationDataModule
 from deeplab.data.dataset import SegmentationDataset
-from deeplab.data.images import check_size
+from deeplab.data.images import IMAGE_SUFFIXES, check_size
 from deeplab.runtime.atomic import written_atomically
 from deeplab.runtime.errors import MissingFileError, UserError
 from deeplab.runtime.user_files import read_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SHOWN = 8  # ids listed in an error message before "and N more"
 
 
@@ -286,7 +285,5 @@ class FolderDataModule(SegmentationDataModule):
             masks,
             self.class_list,
             self.file_ignore_index,
-            mean=self.mean,
-            std=self.std,
-            transform=transform,
+            **self.reader_options(transform),
         )

@@ -29,6 +29,9 @@ ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 PLAIN_MODES = {"RGB", "RGBX", "L", "1", "P", "CMYK", "YCbCr"}  # PIL converts these to RGB
 HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 FIX = "convert it to an 8-bit RGB JPEG or PNG, or remove it"
+# The suffixes of the pictures read through `read_rgb` where a folder is listed (an own data
+# set's images/, predict.py's input): formats PIL decodes.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 # Largest image decoded (width x height), checked from the header before any pixel is read: a

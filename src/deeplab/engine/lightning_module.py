@@ -43,8 +43,9 @@ class SegmentationModule(pl.LightningModule):
         keep_samples: how many val images (the first ones) to keep for overlays and figures.
         probs_dir: if set, every val image's upsampled softmax is saved there for offline CRF
             tuning (`deeplab.crf.save_probabilities` .npz: image, probs, mask).
+        crf_rnn_lr_mult: LR multiplier of a CRF-RNN layer's parameters (`optim.crf_rnn_lr_mult`).
         net_loss_weight: when `net` ends in a CRF-RNN layer (`WithCRFRNN`), the weight of a second
-            loss on the network's own logits (`model.crf_rnn_aux_loss_weight`; 0: the loss is on
+            loss on the network's own logits (`loss.crf_rnn_aux_weight`; 0: the loss is on
             the layer's full-resolution scores only).
 
     With a CRF-RNN layer the validation scores the layer's output (`val/`) and, in the same
@@ -62,6 +63,7 @@ class SegmentationModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         optimizer: str = "sgd",
         classifier_lr_mult: float = 10.0,
+        crf_rnn_lr_mult: float = 1.0,
         crf=None,
         crf_workers: int = 1,
         crf_chunk: int = 16,
@@ -85,6 +87,7 @@ class SegmentationModule(pl.LightningModule):
             weight_decay,
         )
         self.optimizer, self.classifier_lr_mult = optimizer, classifier_lr_mult
+        self.crf_rnn_lr_mult = crf_rnn_lr_mult
         self.crf, self.crf_workers, self.crf_chunk = crf, crf_workers, crf_chunk
         self.use_crf = False  # the CRF is slow: pipelines switch it on for the final validation
         self.mean, self.std, self.ignore_index = mean, std, ignore_index
@@ -121,7 +124,7 @@ class SegmentationModule(pl.LightningModule):
         if self.crf_rnn is None:
             loss = segmentation_loss(self.net(image), mask, self.ignore_index)
         else:  # the layer's scores are at the crop size: the labels are used as they are
-            scores, own = self.crf_rnn.both(image)
+            scores, own = self.crf_rnn.scores_and_net_output(image)
             loss = segmentation_loss(scores, mask, self.ignore_index)
             if self.net_loss_weight:
                 own_loss = segmentation_loss(own, mask, self.ignore_index)
@@ -143,6 +146,7 @@ class SegmentationModule(pl.LightningModule):
             self.momentum,
             self.weight_decay,
             self.classifier_lr_mult,
+            self.crf_rnn_lr_mult,
         )
         scheduler = build_scheduler(optimizer, self.schedule, self.trainer.max_steps)
         return {
@@ -159,7 +163,7 @@ class SegmentationModule(pl.LightningModule):
         if self.crf_rnn is None:
             logits = own_logits = resize(_first(self.net(batch["image"])), mask.shape[-2:])
         else:  # own_logits: the network's, which the post-hoc CRF refines
-            scores, own = self.crf_rnn.both(batch["image"])
+            scores, own = self.crf_rnn.scores_and_net_output(batch["image"])
             logits, own_logits = (resize(x, mask.shape[-2:]) for x in (scores, _first(own)))
             self.confusion_net.update(own_logits.argmax(1), mask)
         pred = logits.argmax(1)

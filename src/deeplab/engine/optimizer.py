@@ -19,20 +19,24 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 def param_groups(
-    net: nn.Module, lr: float, weight_decay: float, classifier_lr_mult: float = 10.0
+    net: nn.Module,
+    lr: float,
+    weight_decay: float,
+    classifier_lr_mult: float = 10.0,
+    crf_rnn_lr_mult: float = 1.0,
 ) -> list[dict]:
     """Split trainable parameters into DeepLab's four groups; frozen ones are left out.
 
     Biases are the 1-D parameters (conv/linear biases); the classifier is whatever
     `net.classifier_parameters()` names, so the split works for any network that has it.
     The classifier's weights get `classifier_lr_mult` x LR and its biases twice that (10x / 20x).
-    A CRF-RNN layer's parameters (`net.crf_parameters()`) get `net.crf_lr_mult` x LR and no
+    A CRF-RNN layer's parameters (`net.crf_parameters()`) get `crf_rnn_lr_mult` x LR and no
     decay, which would pull its kernel weights and label compatibility towards no CRF at all.
     """
     if not hasattr(net, "classifier_parameters"):
         raise ValueError(
             f"{type(net).__name__} has no classifier_parameters(): every network must name its "
-            "final classifier layers so that they get LR x10 / x20 (see CONTRACTS: Models)."
+            "final classifier layers so that they get LR x10 / x20 (paper.md §2)."
         )
     classifier = {id(p) for p in net.classifier_parameters()}
     crf = {id(p) for p in getattr(net, "crf_parameters", list)()}
@@ -50,7 +54,7 @@ def param_groups(
         ("classifier_bias", 2.0 * classifier_lr_mult, 0.0),
         ("backbone_weight", mult, 1.0),
         ("backbone_bias", 2.0 * mult, 0.0),
-        ("crf", getattr(net, "crf_lr_mult", 1.0), 0.0),
+        ("crf", crf_rnn_lr_mult, 0.0),
     )
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in groups}
     for p in net.parameters():
@@ -79,9 +83,10 @@ def build_sgd(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     classifier_lr_mult: float = 10.0,
+    crf_rnn_lr_mult: float = 1.0,
 ) -> torch.optim.SGD:
     """SGD over `param_groups(net)`; each group's `initial_lr` is its multiplied base LR."""
-    groups = param_groups(net, lr, weight_decay, classifier_lr_mult)
+    groups = param_groups(net, lr, weight_decay, classifier_lr_mult, crf_rnn_lr_mult)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
@@ -92,13 +97,14 @@ def build_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     classifier_lr_mult: float = 10.0,
+    crf_rnn_lr_mult: float = 1.0,
 ) -> torch.optim.Optimizer:
     """`optim.name`: sgd (the paper's) or adamw (betas (momentum, 0.999), decoupled decay), both
     over the same parameter groups, so biases keep no decay and the LR multipliers apply."""
     if name == "sgd":
-        return build_sgd(net, lr, momentum, weight_decay, classifier_lr_mult)
+        return build_sgd(net, lr, momentum, weight_decay, classifier_lr_mult, crf_rnn_lr_mult)
     if name == "adamw":
-        groups = param_groups(net, lr, weight_decay, classifier_lr_mult)
+        groups = param_groups(net, lr, weight_decay, classifier_lr_mult, crf_rnn_lr_mult)
         return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
     raise UserError(f"optim.name={name!r} is unknown; use one of {OPTIMIZERS}")
 

@@ -1,10 +1,9 @@
-"""What `train.py`, `evaluate.py` and `predict.py` do, as functions that tests and notebooks call.
+"""What `train.py` and `evaluate.py` do, as functions that tests and notebooks call, and what
+they share with prediction (`engine/prediction.py`): start-up checks, the network, its weights.
 
 Each takes the composed Hydra config and the run directory, and returns what it measured.
 """
 
-import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,20 +16,18 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from deeplab.crf.crf_rnn import CRFRNN, KERNEL_KEYS, WithCRFRNN, checkpoint_holds_layer
 from deeplab.data.classes import voc_palette
-from deeplab.data.images import MAX_PIXELS, read_rgb
-from deeplab.data.normalization import normalize
+from deeplab.data.images import MAX_PIXELS
 from deeplab.engine import speed, visuals
 from deeplab.engine.callbacks import EpochSeed, Throughput, ValOverlays, log_images, progress_bar
 from deeplab.engine.checkpoint_io import AtomicCheckpointIO
 from deeplab.engine.lightning_module import SegmentationModule
 from deeplab.engine.loggers import build_loggers
 from deeplab.engine.results import as_metrics, check_own_run_dir, print_table, write_metrics
-from deeplab.engine.test_time import probabilities, wrap
+from deeplab.engine.test_time import evaluation_network
 from deeplab.runtime.atomic import check_writable
-from deeplab.runtime.config import instantiate, network_config
+from deeplab.runtime.config import instantiate
 from deeplab.runtime.config_checks import check_config
-from deeplab.runtime.errors import MissingFileError, UserError
-from deeplab.runtime.progress import track
+from deeplab.runtime.errors import UserError
 from deeplab.runtime.signals import SaveOnSigterm, exit_143_on_sigterm, exit_on_sigterm, resume_from
 from deeplab.runtime.wandb_runs import log_final_metrics
 from deeplab.weights import conventions
@@ -47,16 +44,28 @@ from deeplab.weights.checkpoint import (
 )
 from deeplab.weights.checkpoint_overrides import recorded_split_dir, run_overrides
 
-# What predict.py reads from a folder: every format `read_rgb` decodes (other files are listed)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
-
-def check_run_config(cfg: DictConfig) -> None:
-    """Start-up checks, before anything runs: the config values (runtime.config_checks), then
-    the rules the components own, by building the cheap ones (the CRF checks its parameters)."""
+def check_run_config(cfg: DictConfig, with_data: bool = True) -> None:
+    """Start-up checks, before anything runs or reads a weight file: the values no component
+    owns (`runtime.config_checks`), then the parts that own the others, built cheaply so that
+    each refuses a bad value with its own message: the data module, the network (on the meta
+    device, without its weight files) with the speed options, the CRF and the CRF-RNN layer.
+    `with_data=False`: a run that takes its data set from a checkpoint's record (predict)."""
     check_config(cfg)
+    if with_data and cfg.get("data"):
+        instantiate(cfg.data)
+    if cfg.get("model"):
+        model = OmegaConf.to_container(cfg.model, resolve=True)
+        model["backbone"] = {**(model.get("backbone") or {}), "pretrained": None}
+        if "init_from" in model:
+            model["init_from"] = None
+        with torch.device("meta"):
+            net = instantiate(model)
+        speed.apply_speed_options(net, cfg.get("speed"))
     if cfg.get("crf"):
         instantiate(cfg.crf)
+    if cfg.get("crf_rnn"):
+        crf_rnn_layer(cfg)
 
 
 def model_config(cfg: DictConfig) -> dict:
@@ -65,30 +74,27 @@ def model_config(cfg: DictConfig) -> dict:
 
 
 def build_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
-    """The network `cfg.model` builds (its builder never sees the `crf_rnn*` keys), with the
-    run's speed options when it has them; `model.crf_rnn=true` puts a CRF-RNN layer after it
-    (`deeplab.crf.WithCRFRNN`) whose kernels and initial weights are `cfg.crf`'s."""
-    net = instantiate(network_config(cfg.model))
+    """The network `cfg.model` builds (design.md I3), with the run's speed options when it has
+    them; `crf_rnn=on` puts the layer `cfg.crf_rnn` builds after it (`deeplab.crf.WithCRFRNN`),
+    its kernels and starting weights `cfg.crf`'s."""
+    net = instantiate(cfg.model)
     if cfg.get("speed") is not None:
-        net = speed.apply(net, cfg.speed)
-    if not cfg.model.get("crf_rnn"):
+        net = speed.apply_speed_options(net, cfg.speed)
+    if cfg.get("crf_rnn") is None:
         return net
+    return WithCRFRNN(net, crf_rnn_layer(cfg), datamodule.mean, datamodule.std)
+
+
+def crf_rnn_layer(cfg: DictConfig) -> CRFRNN:
+    """The CRF-RNN layer `cfg.crf_rnn` builds, once there is a `crf` config to take its kernel
+    widths and initial weights from."""
     if not cfg.get("crf"):
         raise UserError(
-            "model.crf_rnn=true takes its kernel widths and initial weights from a CRF config, "
+            "crf_rnn=on takes its kernel widths and initial weights from a CRF config, "
             "and crf is none: add crf=deeplab_vgg16 (VOC, VGG-16), crf=deeplab_resnet101 or "
             "crf=synthetic (the 128-px synthetic set)"
         )
-    layer = CRFRNN.like(instantiate(cfg.crf), datamodule.num_classes)
-    return WithCRFRNN(
-        net,
-        layer,
-        datamodule.mean,
-        datamodule.std,
-        cfg.model.crf_rnn_iterations,
-        cfg.model.crf_rnn_test_iterations,
-        cfg.model.crf_rnn_lr_mult,
-    )
+    return instantiate(cfg.crf_rnn)
 
 
 def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.Module:
@@ -102,7 +108,7 @@ def load_weights(net, path, key: str, cfg: DictConfig, datamodule) -> torch.nn.M
     if holds_layer and not isinstance(net, WithCRFRNN):
         raise UserError(
             f"{key}={path} holds a network trained with a CRF-RNN layer: pass "
-            "model.crf_rnn=true (its checkpoint overrides set it unless the command line says "
+            "crf_rnn=on (its checkpoint overrides set it unless the command line says "
             "otherwise), or evaluate the network alone from val_net/ in its metrics.json"
         )
     target = net.net if isinstance(net, WithCRFRNN) and not holds_layer else net
@@ -185,9 +191,13 @@ def rebuild_overrides(cfg: DictConfig, run_dir: Path | None = None) -> list[str]
     if data.get("split_dir") and run_dir is not None:
         data["split_dir"] = recorded_split_dir(data["split_dir"], run_dir)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    # A CRF-RNN layer takes its kernel widths from the crf config: it travels too.
-    crf = OmegaConf.to_container(cfg.crf, resolve=True) if cfg.model.get("crf_rnn") else None
-    return run_overrides(model_config(cfg), data, choices, crf)
+    if cfg.get("crf_rnn") is None:
+        return run_overrides(model_config(cfg), data, choices)
+    # A CRF-RNN layer takes its kernel widths from the crf config: it travels too, with the
+    # layer's own values (its iteration counts; the rest are the crf config's).
+    crf = OmegaConf.to_container(cfg.crf, resolve=True)
+    layer = {k: v for k, v in cfg.crf_rnn.items() if not OmegaConf.is_interpolation(cfg.crf_rnn, k)}
+    return run_overrides(model_config(cfg), data, choices, crf, layer)
 
 
 def build_module(
@@ -211,7 +221,7 @@ def build_module(
         model_config=model_config(cfg),
         run_overrides=rebuild_overrides(cfg, run_dir),
         palette=datamodule.palette,
-        net_loss_weight=cfg.model.get("crf_rnn_aux_loss_weight", 0.0),
+        net_loss_weight=(cfg.get("loss") or {}).get("crf_rnn_aux_weight", 0.0),
         **optim,
         **kwargs,
     )
@@ -268,7 +278,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None) -
         trainer.save_checkpoint(last, weights_only=False)  # resumable
 
         trainer.limit_val_batches = 1.0  # the final numbers always cover the whole split
-        module.net = wrap(module.net, datamodule.num_classes, **cfg.get("tta", {}))
+        module.net = evaluation_network(module.net, datamodule.num_classes, **cfg.get("tta", {}))
         metrics = validate_whole_split(trainer, module, datamodule)
     metrics["params"] = sum(p.numel() for p in net.parameters())
     metrics["train_img_per_s"] = throughput.img_per_s
@@ -343,7 +353,7 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     run_dir = Path(run_dir)
     check_own_run_dir(run_dir, cfg.ckpt_path)
     datamodule = trained_data(cfg)
-    net = wrap(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
+    net = evaluation_network(trained_network(cfg, datamodule), datamodule.num_classes, **cfg.tta)
     module = build_module(cfg, datamodule, net, probs_dir=cfg.get("save_probs"))
     loggers = build_loggers(cfg.get("logger"), run_dir, "evaluate", str(cfg.ckpt_path))
     trainer = instantiate(
@@ -359,92 +369,3 @@ def evaluate(cfg: DictConfig, run_dir: str | Path, callbacks: list | None = None
     metrics["checkpoint"] = str(cfg.ckpt_path)
     finish(trainer, module, datamodule, metrics, run_dir)
     return metrics
-
-
-def image_files(path: str | Path) -> tuple[list[Path], dict[Path, str]]:
-    """One image, or every image in a folder (sorted), and why each other file of the folder is
-    not read (so that none is skipped unsaid); a clear error when there is no image."""
-    path = Path(path)
-    if path.is_file():
-        return [path], {}
-    found = sorted(p for p in path.glob("*") if p.is_file())
-    files = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise MissingFileError(
-            f"input={path} is neither an image nor a folder holding {sorted(IMAGE_SUFFIXES)} files"
-        )
-    others = {
-        p: f"{p} is not read: its suffix is not one of {sorted(IMAGE_SUFFIXES)}"
-        for p in found
-        if p not in files
-    }
-    return files, others
-
-
-def output_names(files: list[Path]) -> dict[Path, str]:
-    """The output name (no suffix) of each input: its stem, or `<stem>_<suffix>` for inputs that
-    share a stem (`x.jpg`, `x.png` -> `x_jpg`, `x_png`), so that no mask overwrites another."""
-    stems = Counter(p.stem for p in files)
-    names = {p: p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix[1:]}" for p in files}
-    counts = Counter(names.values())
-    clashes = sorted(str(p) for p in files if counts[names[p]] > 1)
-    if clashes:
-        raise UserError(f"{', '.join(clashes)} would all be written as the same mask: rename one")
-    return names
-
-
-class SkippedImages(UserError):
-    """Some inputs could not be read: they were skipped, every other mask was written."""
-
-    def __init__(self, reasons: dict[Path, str], written: list[Path], out: Path):
-        self.skipped, self.written = list(reasons), written
-        super().__init__(
-            f"{len(reasons)} of {len(reasons) + len(written)} images could not be read and were "
-            f"skipped ({len(written)} masks written to {out}):\n  " + "\n  ".join(reasons.values())
-        )
-
-
-@torch.no_grad()
-def predict(cfg: DictConfig, run_dir: str | Path) -> list[Path]:
-    """Images -> `masks/<name>.png` (palette PNG) and `overlays/<name>.jpg` under the output dir,
-    `<name>` from `output_names`. An unreadable image, or one above `data.max_pixels`, is skipped
-    (named on stderr) and the others are still done; then SkippedImages lists them with the
-    folder's files that are not images. Returns the masks written."""
-    out = check_writable(cfg.get("output_dir") or run_dir, "output_dir")
-    files, skipped = image_files(cfg.input)
-    names = output_names(files)
-    recorded = recorded_data(cfg)  # before the checks: it sets the class count of a folder set
-    check_run_config(cfg)
-    # class count, palette, normalization only: the checkpoint's, else the data set's
-    datamodule = recorded or trained_data(cfg)
-    device = torch.device(
-        cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    )
-    net = trained_network(cfg, datamodule)
-    net = wrap(net, datamodule.num_classes, **cfg.tta).to(device)
-    # A CRF-RNN layer is the network's last step; its crf config only set up its kernels.
-    crf = instantiate(cfg.crf) if cfg.get("crf") and not cfg.model.get("crf_rnn") else None
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in track(files, "predicting", unit="images"):
-        try:
-            rgb = read_rgb(path, datamodule.max_pixels)
-        except UserError as err:
-            print(f"skipped: {err}", file=sys.stderr)
-            skipped[path] = str(err)
-            continue
-        image = normalize(rgb, datamodule.mean, datamodule.std)[None].to(device)
-        probs = probabilities(net, image, rgb.shape[:2])[0].cpu().numpy()
-        if crf is not None:
-            probs = crf(rgb, probs)
-        mask = np.asarray(probs).argmax(0)
-        name = names[path]
-        visuals.save_mask(out / "masks" / f"{name}.png", mask, datamodule.palette)
-        visuals.save_rgb(
-            out / "overlays" / f"{name}.jpg", visuals.overlay(rgb, mask, datamodule.palette)
-        )
-        written.append(out / "masks" / f"{name}.png")
-    if skipped:
-        raise SkippedImages(skipped, written, out / "masks")
-    return written

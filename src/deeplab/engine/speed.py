@@ -18,7 +18,7 @@ from deeplab.runtime.errors import UserError
 DEFAULTS = {"atrous_mode": "auto", "channels_last": False, "compile": False}
 
 
-def apply(model: nn.Module, cfg: Mapping | None = None) -> nn.Module:
+def apply_speed_options(model: nn.Module, cfg: Mapping | None = None) -> nn.Module:
     """Applies the speed options in `cfg` to `model` in place and returns it.
 
     The state dict keeps its keys whatever the options (compile is `nn.Module.compile`, which

@@ -109,7 +109,7 @@ class SlidingWindow(nn.Module):
         return total / count
 
 
-def wrap(
+def evaluation_network(
     net: nn.Module,
     num_classes: int,
     scales=(1.0,),
@@ -122,7 +122,7 @@ def wrap(
     with multi-scale / flip, then sliding window if asked. A CRF-RNN layer stays last: the
     wrappers go inside it (in place), so it refines their logits once, on the whole image."""
     if isinstance(net, WithCRFRNN):
-        net.net = wrap(net.net, num_classes, scales, flip, tile, overlap, pad_to)
+        net.net = evaluation_network(net.net, num_classes, scales, flip, tile, overlap, pad_to)
         return net.eval()
     if pad_to:
         net = PadTo(net, pad_to)

@@ -2,10 +2,10 @@
 FCN-8s and RefineNet for comparison."""
 
 from deeplab.models.atrous import AtrousConv2d
-from deeplab.models.deeplab import DeepLab, build_backbone, build_deeplab
-from deeplab.models.fcn import FCN, build_fcn
+from deeplab.models.deeplab import DeepLab, assemble_deeplab, build_backbone
+from deeplab.models.fcn import FCN, assemble_fcn
 from deeplab.models.msc import MSC
-from deeplab.models.refinenet import RefineNet, build_refinenet
+from deeplab.models.refinenet import RefineNet, assemble_refinenet
 from deeplab.models.resnet import ResNet, resnet101
 from deeplab.models.table1_columns import count_parameters
 from deeplab.models.vgg import VGGFeatures
@@ -19,9 +19,9 @@ __all__ = [
     "ResNet",
     "VGGFeatures",
     "build_backbone",
-    "build_deeplab",
-    "build_fcn",
-    "build_refinenet",
+    "assemble_deeplab",
+    "assemble_fcn",
+    "assemble_refinenet",
     "count_parameters",
     "resnet101",
 ]

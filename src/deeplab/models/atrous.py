@@ -11,6 +11,7 @@ and `set_atrous_mode` switches all of a model's layers at once.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deeplab.runtime.config_checks import invalid_value
 from deeplab.runtime.errors import UserError
 
 ATROUS_MODES = ("auto", "dilation", "space_to_batch")
@@ -121,7 +122,8 @@ class AtrousConv2d(nn.Conv2d):
 
 def check_mode(mode: str) -> str:
     if mode not in ATROUS_MODES:
-        raise UserError(f"speed.atrous_mode={mode!r} is unknown; use one of {ATROUS_MODES}")
+        expected = f"one of {', '.join(ATROUS_MODES)}, e.g. speed.atrous_mode=auto"
+        raise invalid_value("speed.atrous_mode", mode, expected)
     return mode
 
 

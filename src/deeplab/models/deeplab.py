@@ -10,6 +10,7 @@ from deeplab.models.msc import MSC
 from deeplab.models.resnet import resnet101
 from deeplab.models.vgg import VGGFeatures
 from deeplab.models.width import scale_width
+from deeplab.runtime.config_checks import invalid_value, numbers, positive_int
 from deeplab.runtime.errors import UserError
 
 BACKBONES = ("vgg16", "vgg16_bn", "resnet101")
@@ -60,7 +61,7 @@ def build_backbone(
     raise UserError(f"model.backbone.name={name!r} is unknown; use one of {BACKBONES}")
 
 
-def build_deeplab(
+def assemble_deeplab(
     num_classes: int,
     backbone: Mapping,
     kernel_size: int = 3,
@@ -80,7 +81,8 @@ def build_deeplab(
     k x k rate-r classifier. `backbone` holds `name`, `pretrained` (torchvision state dict path
     or None) and for ResNet `stride_in_1x1`, `freeze_bn`. `msc=True` wraps the net in `MSC`.
     `pool5a=True` adds DeepLab v1 LargeFOV's 3x3 average pool (on pool5, or on res5 for ResNet).
-    Weights are not read here: `deeplab.weights.build_deeplab` builds this, then loads them.
+    Weights are not read here: `deeplab.weights.networks.build_deeplab` builds this, then loads
+    them.
     """
     opts = dict(backbone)
     name = opts.pop("name", None)
@@ -91,8 +93,9 @@ def build_deeplab(
             f"model.backbone has unknown keys {sorted(set(opts) - allowed)} for {name!r}; "
             f"allowed: name, pretrained, {', '.join(sorted(allowed)) or '(nothing else)'}"
         )
-    if not rates:
-        raise UserError("model.rates is empty: give at least one atrous rate")
+    if not numbers(None, positive_int)(list(rates)):
+        expected = "a non-empty list of integers >= 1, e.g. model.rates=[12]"
+        raise invalid_value("model.rates", rates, expected)
     net, feature = build_backbone(name, width_mult, **opts)
     if isinstance(net, VGGFeatures):
         width = scale_width(head_width, width_mult)

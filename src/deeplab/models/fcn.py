@@ -135,7 +135,7 @@ class FCN(nn.Module):
         return _crop(upsamplers[-1](score), self.offsets[-1], x.shape[-2:])
 
 
-def build_fcn(
+def assemble_fcn(
     num_classes: int,
     backbone: dict,
     fc_width: int = 4096,
@@ -149,7 +149,7 @@ def build_fcn(
 
     `options` are `FCN`'s (stage, upsampling, learn_upsampling, at_once). `msc=True` wraps the
     network in `MSC` as for DeepLab. Weights (`backbone.pretrained`, `init_from`) are loaded by
-    `deeplab.weights.build_fcn`.
+    `deeplab.weights.networks.build_fcn`.
     """
     fixed_backbone_options(backbone, "vgg16", "fcn8s")
     features = VGGFeatures(

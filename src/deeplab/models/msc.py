@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deeplab.runtime.errors import UserError
+from deeplab.runtime.config_checks import invalid_value, msc_scales
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -38,9 +38,10 @@ class MSC(nn.Module):
 
     def __init__(self, net: nn.Module, scales: tuple[float, ...] = (1.0, 0.75, 0.5)):
         super().__init__()
+        if not msc_scales(list(scales)):
+            expected = "factors > 0 including 1.0, e.g. model.msc_scales=[1.0,0.75,0.5]"
+            raise invalid_value("model.msc_scales", scales, expected)
         scales = tuple(float(s) for s in scales)
-        if 1.0 not in scales or min(scales) <= 0:
-            raise UserError(f"model.msc_scales must be positive and include 1.0 (got {scales})")
         self.net = net
         self.scales = scales
 

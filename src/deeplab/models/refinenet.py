@@ -20,7 +20,7 @@ from deeplab.models.heads import _init_classifier
 from deeplab.models.msc import MSC
 from deeplab.models.resnet import ResNet, resnet101
 from deeplab.models.width import scale_width
-from deeplab.runtime.errors import UserError
+from deeplab.runtime.config_checks import invalid_value, numbers, positive_int
 
 # RefineNet-k and the ResNet stage it refines, coarsest first (the cascade's order).
 LEVELS = (("refine4", "res5"), ("refine3", "res4"), ("refine2", "res3"), ("refine1", "res2"))
@@ -132,8 +132,9 @@ class RefineNet(nn.Module):
         backbone_lr_mult: float = 1.0,
     ):
         super().__init__()
-        if len(widths) != len(LEVELS):
-            raise UserError(f"model.widths needs 4 values (RefineNet-4..1), got {list(widths)}")
+        if not numbers(len(LEVELS), positive_int)(list(widths)):
+            expected = "4 integers >= 1 (RefineNet-4..1), e.g. model.widths=[512,256,256,256]"
+            raise invalid_value("model.widths", widths, expected)
         self.backbone = backbone
         self.backbone_lr_mult = backbone_lr_mult  # read by deeplab.engine.optimizer
         self.blocks = nn.ModuleDict()
@@ -160,7 +161,7 @@ class RefineNet(nn.Module):
         return self.classifier(self.dropout(self.final(out)))
 
 
-def build_refinenet(
+def assemble_refinenet(
     num_classes: int,
     backbone: dict,
     widths: Sequence[int] = (512, 256, 256, 256),
@@ -174,7 +175,7 @@ def build_refinenet(
     `options` are `RefineNet`'s (path_rcus, crp_stages, output_rcus, final_rcus, dropout,
     backbone_lr_mult).
     `stride_in_1x1` and `freeze_bn` work as for DeepLab (frozen BN is RefineNet's "global" BN
-    statistics); `deeplab.weights.build_refinenet` loads `backbone.pretrained`.
+    statistics); `deeplab.weights.networks.build_refinenet` loads `backbone.pretrained`.
     """
     opts = fixed_backbone_options(
         backbone, "resnet101", "refinenet", ("stride_in_1x1", "freeze_bn")

@@ -1,10 +1,11 @@
 """Channel widths under a width multiplier (narrow networks for tests and the CPU demo)."""
 
-from deeplab.runtime.errors import UserError
+from deeplab.runtime.config_checks import invalid_value, positive
 
 
 def scale_width(channels: int, width_mult: float) -> int:
     """`channels * width_mult`, rounded, at least 1."""
-    if width_mult <= 0:
-        raise UserError(f"model.width_mult must be > 0 (got {width_mult}); 1.0 is full width")
+    if not positive(width_mult):
+        expected = "a factor > 0 (1.0: full width), e.g. model.width_mult=0.25"
+        raise invalid_value("model.width_mult", width_mult, expected)
     return max(1, round(channels * width_mult))

@@ -1,7 +1,6 @@
 """Where the Hydra configs are, and composing them in-process (tests, notebooks, tools) exactly as
 the apps do."""
 
-import copy
 import json
 from pathlib import Path
 
@@ -9,7 +8,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from deeplab.runtime.errors import UserError
 
@@ -45,16 +44,3 @@ def instantiate(node, **kwargs):
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None
         raise
-
-
-def network_config(model: DictConfig | dict) -> DictConfig | dict:
-    """A `model` config (or a checkpoint's resolved record of one) without its `crf_rnn*` keys:
-    what the network builders take (the engine puts the CRF-RNN layer after the network,
-    `deeplab.engine.pipeline.build_network`)."""
-    if not isinstance(model, DictConfig):
-        return {k: v for k, v in model.items() if not str(k).startswith("crf_rnn")}
-    network = copy.deepcopy(model)  # keeps its parent: interpolations such as ${data...} resolve
-    with open_dict(network):
-        for key in [k for k in network if str(k).startswith("crf_rnn")]:
-            del network[key]
-    return network

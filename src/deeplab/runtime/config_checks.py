@@ -1,10 +1,13 @@
-"""Config values checked before anything is built (design.md I9).
+"""Config values checked before anything is built (design.md I9): the rules of the values that no
+component owns (data loading, trainer, optimizer, schedule, test-time protocol).
 
 A bad value would otherwise surface far from its cause: `data.std=[0,0,0]` as a NaN training
 loss, `data.crop_size=-5` inside albumentations, `tta.scales=[]` as a ZeroDivisionError.
 `check_config(cfg)` checks every key of RULES that the config has (a key a config lacks, such as
-`model.rates` for FCN-8s or `optim` for predict, is skipped) and raises a UserError naming the
-key, what it must be and a valid example.
+`model.kernel_size` for FCN-8s or `optim` for predict, is skipped) and raises a UserError naming
+the key, what it must be and a valid example. A value that a component owns (the atrous rates,
+widths, MSC scales, the atrous mode, every CRF value) is refused by that component, with the
+same message (`invalid_value`); start-up builds them (`deeplab.engine.pipeline.check_run_config`).
 """
 
 from collections.abc import Callable
@@ -72,6 +75,16 @@ def msc_scales(v: Any) -> bool:
     return numbers(None, positive)(v) and 1.0 in v
 
 
+def invalid_value(key: str, value: Any, expected: str) -> UserError:
+    """The one message of a value out of its range, for these rules and for the components that
+    own theirs (the networks, MSC, the atrous mode): `key=value is invalid: it must be ...`."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    elif isinstance(value, tuple):
+        value = list(value)
+    return UserError(f"{key}={hydra_value(value)} is invalid: it must be {expected}.")
+
+
 # key, check, what the value must be (with a valid example)
 RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.num_classes", positive_int, "a class count >= 1, e.g. data.num_classes=21"),
@@ -129,50 +142,22 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.image_size", positive_int, "an image side in pixels >= 1, e.g. data.image_size=128"),
     ("data.max_objects", positive_int, "an integer >= 1, e.g. data.max_objects=4"),
     ("model.kernel_size", positive_int, "an integer >= 1, e.g. model.kernel_size=3"),
-    (
-        "model.rates",
-        numbers(None, positive_int),
-        "a non-empty list of integers >= 1, e.g. model.rates=[12]",
-    ),
     ("model.head_width", positive_int, "an integer >= 1, e.g. model.head_width=1024"),
     ("model.fc_width", positive_int, "an integer >= 1, e.g. model.fc_width=4096"),
-    (
-        "model.widths",
-        numbers(4, positive_int),
-        "4 integers >= 1, e.g. model.widths=[512,256,256,256]",
-    ),
     ("model.dropout", fraction, "a probability in [0, 1), e.g. model.dropout=0.5"),
-    ("model.width_mult", positive, "a factor > 0 (1.0: full width), e.g. model.width_mult=0.25"),
     ("model.msc", one_of(True, False), "true or false, e.g. model.msc=true"),
-    (
-        "model.msc_scales",
-        msc_scales,
-        "factors > 0 including 1.0, e.g. model.msc_scales=[1.0,0.75,0.5]",
-    ),
     ("model.backbone_lr_mult", non_negative, "a factor >= 0, e.g. model.backbone_lr_mult=0.1"),
-    ("model.crf_rnn", one_of(True, False), "true or false, e.g. model.crf_rnn=true"),
-    (
-        "model.crf_rnn_iterations",
-        positive_int,
-        "a mean-field iteration count >= 1, e.g. model.crf_rnn_iterations=5",
-    ),
-    (
-        "model.crf_rnn_test_iterations",
-        positive_int,
-        "a mean-field iteration count >= 1, e.g. model.crf_rnn_test_iterations=10",
-    ),
-    (
-        "model.crf_rnn_aux_loss_weight",
-        non_negative,
-        "a weight >= 0 (0: no loss on the network's own logits), e.g. "
-        "model.crf_rnn_aux_loss_weight=0.5",
-    ),
-    ("model.crf_rnn_lr_mult", non_negative, "a factor >= 0, e.g. model.crf_rnn_lr_mult=1"),
     ("optim.name", one_of("sgd", "adamw"), "sgd or adamw, e.g. optim.name=sgd"),
     ("optim.lr", positive, "a learning rate > 0, e.g. optim.lr=1e-3"),
     ("optim.momentum", fraction, "a value in [0, 1), e.g. optim.momentum=0.9"),
     ("optim.weight_decay", non_negative, "a value >= 0, e.g. optim.weight_decay=5e-4"),
     ("optim.classifier_lr_mult", positive, "a factor > 0, e.g. optim.classifier_lr_mult=10"),
+    ("optim.crf_rnn_lr_mult", non_negative, "a factor >= 0, e.g. optim.crf_rnn_lr_mult=1"),
+    (
+        "loss.crf_rnn_aux_weight",
+        non_negative,
+        "a weight >= 0 (0: no loss on the network's own logits), e.g. loss.crf_rnn_aux_weight=0.5",
+    ),
     ("schedule.power", positive, "an exponent > 0, e.g. schedule.power=0.9"),
     ("schedule.step_size", positive_int, "a step count >= 1, e.g. schedule.step_size=2000"),
     ("schedule.gamma", positive, "a factor > 0, e.g. schedule.gamma=0.1"),
@@ -217,11 +202,6 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("crf_workers", positive_int, "a process count >= 1, e.g. crf_workers=2"),
     # Lightning replaces a seed outside 0..2**32-1 by 0 with a warning: say so instead.
     ("seed", lambda v: _int(v) and 0 <= v < 2**32, "an integer in [0, 2**32), e.g. seed=0"),
-    (
-        "speed.atrous_mode",
-        one_of("auto", "dilation", "space_to_batch"),
-        "auto, dilation or space_to_batch, e.g. speed.atrous_mode=auto",
-    ),
     ("speed.channels_last", one_of(True, False), "true or false"),
     ("speed.compile", one_of(True, False), "true or false"),
     ("limit", optional(positive_int), "null (all) or an integer >= 1, e.g. limit=100"),
@@ -269,4 +249,4 @@ def check_config(cfg: DictConfig) -> None:
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
         if not check(value):
-            raise UserError(f"{key}={hydra_value(value)} is invalid: it must be {expected}.")
+            raise invalid_value(key, value, expected)

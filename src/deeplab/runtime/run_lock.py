@@ -43,13 +43,14 @@ def slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-def me() -> dict:
+def this_process() -> dict:
+    """Who owns a lock: this process, on this host, in this SLURM job (if any)."""
     return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": slurm_job()}
 
 
 def is_live(owner: dict) -> bool:
     """Whether the run recorded in an owner file may still be writing (this process: no)."""
-    if owner == me():
+    if owner == this_process():
         return False
     if owner.get("slurm_job") and owner.get("slurm_job") == slurm_job():
         return False  # an earlier attempt of this job: requeued, so it is over
@@ -94,7 +95,7 @@ def acquire(run_dir: str | Path) -> Path:
             raise unwritable(run_dir, err) from None
         try:
             with os.fdopen(fd, "w") as file:
-                json.dump(me(), file)
+                json.dump(this_process(), file)
         except OSError as err:  # full disk or quota: never leave an empty owner file
             path.unlink(missing_ok=True)
             raise unwritable(run_dir, err) from None
@@ -112,7 +113,7 @@ def unwritable(run_dir: Path, err: OSError) -> UnwritableError:
 
 def release(path: Path) -> None:
     """Remove the owner file if this process still owns it."""
-    if read_owner(path) == me():
+    if read_owner(path) == this_process():
         path.unlink(missing_ok=True)
 
 

@@ -14,6 +14,7 @@ from deeplab.runtime.user_files import read_file, read_tensors
 from deeplab.weights.checkpoint_overrides import differences, fix_overrides
 from deeplab.weights.conventions import converted_checkpoint, is_converted
 from deeplab.weights.handed_config import check_finite, check_record
+from deeplab.weights.legacy_records import current_record
 
 
 def checkpoint_record(
@@ -208,7 +209,7 @@ def checked_state(
             f"{source} holds a {type(checkpoint).__name__}, not a checkpoint: set ckpt_path to a "
             ".ckpt written by train.py"
         )
-    state, meta = network_state(checkpoint), checkpoint.get("deeplab")
+    state, meta = network_state(checkpoint), current_record(checkpoint.get("deeplab"))
     check_record(checkpoint if is_converted(checkpoint) else meta, source)
     if is_converted(checkpoint):  # python -m deeplab.convert output (docs/caffe.md)
         state, meta = converted_checkpoint(checkpoint, source)

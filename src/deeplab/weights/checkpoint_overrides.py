@@ -17,22 +17,13 @@ from omegaconf import OmegaConf
 
 from deeplab.runtime.config import CONF_DIR, hydra_value
 from deeplab.weights.handed_config import checked_overrides
+from deeplab.weights.legacy_records import current_overrides
 
 # Fields that never change what a trained network computes: weight files used only to
 # initialise training, and the class count (checked on its own, with its own fix: the data set).
-# A CRF-RNN layer is not compared either: the weights say whether there is one (a checkpoint
-# without it loads into the network inside one), and its test iterations are a test-time choice.
-NOT_COMPARED = {"pretrained", "init_from", "num_classes", "crf_rnn", "crf_rnn_test_iterations"}
+NOT_COMPARED = {"pretrained", "init_from", "num_classes"}
 # Fields that change training but not an evaluation (eval mode: no dropout, frozen BN).
-TRAINING_ONLY = {
-    "dropout",
-    "freeze_bn",
-    "backbone_lr_mult",
-    "learn_upsampling",
-    "crf_rnn_iterations",
-    "crf_rnn_aux_loss_weight",
-    "crf_rnn_lr_mult",
-}
+TRAINING_ONLY = {"dropout", "freeze_bn", "backbone_lr_mult", "learn_upsampling"}
 # Fields that say which network a config builds (the rest scale it or wrap it).
 NOT_ARCHITECTURE = NOT_COMPARED | TRAINING_ONLY | {"width_mult", "msc", "msc_scales", "backbone"}
 IDENTITY = ("_target_", "name")  # which builder / backbone a config level describes
@@ -141,7 +132,7 @@ def fix_overrides(saved: dict, current: dict) -> list[str]:
 
 # --- the overrides a checkpoint carries, so that evaluate / predict need only ckpt_path --------
 
-GROUPS = ("data", "backbone", "model", "crf")  # config groups that build what a checkpoint holds
+GROUPS = ("data", "backbone", "model", "crf", "crf_rnn")  # the groups that build what it holds
 SKIPPED_LEAVES = {"_target_", "num_classes", "pretrained", "init_from"}  # set by group / data
 
 
@@ -175,14 +166,19 @@ def _choice(group: str, config: dict) -> str | None:
 
 
 def run_overrides(
-    model: dict, data: dict, choices: dict | None = None, crf: dict | None = None
+    model: dict,
+    data: dict,
+    choices: dict | None = None,
+    crf: dict | None = None,
+    crf_rnn: dict | None = None,
 ) -> list[str]:
     """Overrides that rebuild this run's network and data set from the defaults: the group
     options (Hydra's record when there is one), then every resolved value (`++`: added or set).
-    `crf`: the CRF config of a network that ends in a CRF-RNN layer (its kernel widths).
-    A checkpoint stores them; evaluate.py and predict.py put them before the command line's."""
+    `crf_rnn`: the own values of a CRF-RNN layer after the network, `crf` the CRF config it
+    takes its kernel widths from. A checkpoint stores them; evaluate.py and predict.py put them
+    before the command line's."""
     choices = choices or {}
-    groups = {"data": data, "model": model, "backbone": model, "crf": crf}
+    groups = {"data": data, "model": model, "backbone": model, "crf": crf, "crf_rnn": crf_rnn}
     out = []
     for group in GROUPS:
         if groups[group] is None:
@@ -191,6 +187,7 @@ def run_overrides(
         if option:
             out.append(f"{group}={option}")
     leaves = _leaves(data, "data") + _leaves(model, "model") + _leaves(crf or {}, "crf")
+    leaves += _leaves(crf_rnn or {}, "crf_rnn")
     return out + [f"++{key}={_typed(value)}" for key, value in leaves]
 
 
@@ -198,7 +195,7 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def still_applying(saved: list[str], given: list[str]) -> list[str]:
+def saved_not_overridden(saved: list[str], given: list[str]) -> list[str]:
     """`saved` overrides (a checkpoint's), minus what the command line `given` decides itself: a
     group it switches (with that group's values) and every key it sets."""
     keys = {_key(o) for o in given if "=" in o}
@@ -228,7 +225,7 @@ def saved_overrides(path: str) -> list[str]:
     record = obj.get("deeplab") if "deeplab" in obj else obj
     if not isinstance(record, dict) or "overrides" not in record:
         return []
-    return checked_overrides(record["overrides"], f"checkpoint {path}")
+    return current_overrides(checked_overrides(record["overrides"], f"checkpoint {path}"))
 
 
 # A checkpoint's run folder is the parent of its `checkpoints/` folder; a split folder inside the
@@ -276,4 +273,4 @@ def with_checkpoint_overrides(argv: list[str]) -> list[str]:
     saved = with_run_split_dir(saved_overrides(paths[0]), Path(paths[0]))
     if not saved:
         return argv
-    return [script, *others, *still_applying(saved, given), *given]
+    return [script, *others, *saved_not_overridden(saved, given), *given]

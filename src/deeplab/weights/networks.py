@@ -36,21 +36,21 @@ def _inner(net: nn.Module) -> nn.Module:
 
 
 def build_deeplab(num_classes: int, backbone, **options) -> nn.Module:
-    """`deeplab.models.build_deeplab`, its backbone (and VGG fc6/fc7) initialised from
+    """`deeplab.models.assemble_deeplab`, its backbone (and VGG fc6/fc7) initialised from
     `backbone.pretrained`: a torchvision file, a converted Caffe file or a .caffemodel."""
     pretrained, backbone = _without_weights(backbone)
-    net = models.build_deeplab(num_classes, backbone, **options)
+    net = models.assemble_deeplab(num_classes, backbone, **options)
     if pretrained is not None:
         load_pretrained(_inner(net), pretrained)
     return net
 
 
 def build_fcn(num_classes: int, backbone, init_from: str | None = None, **options) -> nn.Module:
-    """`deeplab.models.build_fcn`; `backbone.pretrained` (torchvision vgg16) fills the 13 convs
+    """`deeplab.models.assemble_fcn`; `backbone.pretrained` (torchvision vgg16) fills the 13 convs
     and the full 7x7, 4096-wide fc6 and fc7; `init_from` then copies a previous stage's
     checkpoint (staged training 32s -> 16s -> 8s)."""
     pretrained, backbone = _without_weights(backbone)
-    net = models.build_fcn(num_classes, backbone, **options)
+    net = models.assemble_fcn(num_classes, backbone, **options)
     fcn = _inner(net)
     if pretrained is not None:
         plan = vgg16_features_plan(fcn.backbone, "backbone.") + vgg16_fc_plan(fcn.head, "head.")
@@ -82,10 +82,10 @@ def load_previous_stage(net: FCN, path: str | Path) -> None:
 
 
 def build_refinenet(num_classes: int, backbone, **options) -> nn.Module:
-    """`deeplab.models.build_refinenet`, its ResNet initialised from `backbone.pretrained`
+    """`deeplab.models.assemble_refinenet`, its ResNet initialised from `backbone.pretrained`
     (torchvision resnet101 file)."""
     pretrained, backbone = _without_weights(backbone)
-    net = models.build_refinenet(num_classes, backbone, **options)
+    net = models.assemble_refinenet(num_classes, backbone, **options)
     if pretrained is not None:
         refinenet = _inner(net)
         plan = resnet_plan(refinenet.backbone, "backbone.")

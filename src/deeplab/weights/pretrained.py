@@ -63,7 +63,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if is_converted(state):
         raise UserError(
             f"{path} is a converted Caffe model; this network loads torchvision files only "
-            "(DeepLab's build_deeplab takes both)"
+            "(deeplab.weights.networks.build_deeplab takes both)"
         )
     return state
 

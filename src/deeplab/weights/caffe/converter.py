@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from deeplab.runtime.atomic import written_atomically
-from deeplab.runtime.config import compose, network_config
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 from deeplab.weights.caffe.blobs import to_state_dict
 from deeplab.weights.caffe.caffemodel import read_caffemodel
@@ -31,9 +31,7 @@ def build_target(overrides: list[str]) -> tuple[torch.nn.Module, dict]:
     else:
         cfg = compose("train", overrides)
     with torch.device("meta"):
-        return instantiate(network_config(cfg.model)), OmegaConf.to_container(
-            cfg.model, resolve=True
-        )
+        return instantiate(cfg.model), OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def _classifier_keys(net: torch.nn.Module) -> set[str]:
