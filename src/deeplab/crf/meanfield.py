@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
+MAX_EXP_MESSAGE = 80.0  # exp(80) ~ 5.5e34: far from float32's overflow at ~3.4e38
 
 
 @dataclass
@@ -191,15 +192,22 @@ def mean_field(
     """images: uint8 (H, W, 3); probs: float32 (C, H, W), all on one device. Returns probs.
 
     kind "probs": unary -log p clipped at UNARY_CLIP; "logits": unary -score (DeepLab's C++)."""
-    bilateral, neg_unary, sizes = [], [], []
+    bilateral, unary_softmax, sizes = [], [], []
     for image, p in zip(images, probs, strict=True):
         c, h, w = p.shape
         bilateral.append(bilateral_features(image, bi_xy_std, bi_rgb_std))
-        scores = p.reshape(c, -1).T
-        neg_unary.append(scores if kind == "logits" else torch.log(scores.clamp(UNARY_CLIP, 1.0)))
+        scores = p.reshape(c, -1)  # softmax over the labels in this layout: contiguous pixels
+        if kind == "probs":
+            scores = scores.clamp(UNARY_CLIP, 1.0)
+            scores = scores.div_(scores.sum(0))  # softmax(log p) = p / sum(p)
+        else:
+            scores = torch.softmax(scores, 0)
+        unary_softmax.append(scores.T.contiguous())
+        del scores
         sizes.append(h * w)
-    neg_unary = torch.cat(neg_unary)  # (P, C), labels last: each pixel's labels are contiguous
-    q = torch.softmax(neg_unary, 1)
+    # (P, C), labels last: each pixel's labels are contiguous
+    q = unary_softmax[0] if len(unary_softmax) == 1 else torch.cat(unary_softmax)
+    del unary_softmax
     if iterations:
         filters = Filters.build(
             [
@@ -208,11 +216,31 @@ def mean_field(
                     pos_xy_std,
                     float(np.float32(pos_w)),
                     normalization,
-                    neg_unary.device,
+                    q.device,
                 ),
                 make_kernel(bilateral, float(np.float32(bi_w)), normalization),
             ]
         )
-        for _ in range(iterations):
-            q = torch.softmax(filters(q).add_(neg_unary), 1)
+        q = _iterate(filters, q, iterations)
     return [part.T.reshape(p.shape) for part, p in zip(torch.split(q, sizes), probs, strict=True)]
+
+
+def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> torch.Tensor:
+    """`iterations` mean-field steps from Q = softmax(-U): Q <- softmax(-U + messages).
+
+    softmax(-U + m) is exp(m) softmax(-U) renormalised: an exp, a product and a row sum in place,
+    cheaper than adding -U and a softmax over 21-long rows (whose row maxima cost as much as the
+    exp). The messages m are >= 0 (positive weights, values and filter), so the sum is >= the
+    largest softmax(-U) share; they are at most the filtering of ones, so exp cannot overflow
+    when that stays below MAX_EXP_MESSAGE. Settings beyond it (huge weights) take the softmax."""
+    q = unary_softmax
+    bound = float(filters(q.new_ones(q.shape[0], 1)).max())
+    if bound < MAX_EXP_MESSAGE:
+        for _ in range(iterations):
+            q = filters(q).exp_().mul_(unary_softmax)
+            q.div_(q.sum(1, keepdim=True))
+        return q
+    neg_unary = torch.log(unary_softmax)  # -U up to a per-pixel constant the softmax ignores
+    for _ in range(iterations):
+        q = torch.softmax(filters(q).add_(neg_unary), 1)
+    return q
