@@ -110,6 +110,15 @@ def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
     return r + d1 * (base - wrapped[:d1].cumsum(0, dtype=dtype))
 
 
+def _search_sorted(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """`torch.searchsorted(sorted_keys, queries)`, through numpy on the CPU: for ascending runs
+    of queries numpy starts each binary search from the previous answer, which makes the blur
+    neighbour lookup 5-10x faster there than torch's search (a full one per query)."""
+    if queries.device.type != "cpu":
+        return torch.searchsorted(sorted_keys, queries)
+    return torch.from_numpy(np.searchsorted(sorted_keys.numpy(), queries.numpy()))
+
+
 @dataclass
 class Lattice:
     """A built lattice over P points and M lattice points (row 0 of every lattice array is an
@@ -214,7 +223,7 @@ class Lattice:
             at_zero[runs], axis_step + (d - d1 * sum(strides)), axis_step - 1
         )
         target = target.reshape(-1)
-        pos = torch.searchsorted(uniq, target).clamp_max(uniq.numel() - 1)
+        pos = _search_sorted(uniq, target).clamp_max_(uniq.numel() - 1)
         n1 = torch.empty(d1, uniq.numel(), dtype=torch.int64, device=device)
         n1[:, runs] = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
         neighbors = torch.zeros(d1, uniq.numel() + 1, 2, dtype=index, device=device)
