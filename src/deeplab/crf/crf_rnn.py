@@ -61,12 +61,14 @@ class KernelPair:
 
     def _build_transposed(self) -> None:
         f = self.forward_filter
-        swapped = Filters.build([Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels])
+        swapped = Filters.build(
+            [Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels], reverse=True
+        )
         dtype = f.splat.weight.dtype
-        spread = replace(  # shares the index arrays, which are the same
+        spread = replace(  # shares the splat's index arrays, which are the same
             f,
             splat=replace(f.splat, weight=swapped.splat.weight.to(dtype)),
-            blur=f.blur[::-1],
+            blur=[step.to(dtype) for step in swapped.blur],
         )
         ends = self.vertices.cumsum(0).tolist()
         slices = [

@@ -82,7 +82,8 @@ class Filters:
     slice: RowSums
 
     @classmethod
-    def build(cls, kernels: list[Kernel]) -> "Filters":
+    def build(cls, kernels: list[Kernel], reverse: bool = False) -> "Filters":
+        """`reverse`: blur along the axes in reverse order, as the transposed filter does."""
         kernels = sorted(kernels, key=lambda k: k.lattice.weights.shape[0])
         bases, rows = [], 0
         for k in kernels:  # each kernel keeps its empty row 0, at its base
@@ -118,20 +119,32 @@ class Filters:
             torch.add(k.lattice.vertices.T, base, out=slice_index[:, first:last])  # never absent
             first = last
 
-        # Blur steps, one per axis: row i sums (n1, n2, i) with weights (1/2, 1/2, 1) in that
-        # order: n1/2 + n2/2 = (n1 + n2)/2 exactly, then + old, so it rounds as densecrf's
-        # old + (n1 + n2) / 2. Rows of kernels without the axis, and empty rows, have
-        # neighbours 0 (an empty row) and stay as they are. Leaving the absent neighbours out
-        # of the bags (variable-size bags) saves ~10 % of the blur but costs more to build.
-        half = torch.tensor([0.5, 0.5, 1.0], device=device).repeat(rows, 1)
-        blur = []
+        # Blur along each axis j in turn: row i <- i + (n1 + n2) / 2, n1 and n2 its neighbours
+        # along j, absent ones being the kernel's empty row 0 (all of them for kernels without
+        # the axis and for empty rows). Two axes make one step: row i sums the 9 rows two axis
+        # steps reach from it (weights 1/4, 1/2, 1), the same sums up to float rounding in
+        # fewer passes over the lattice array (~15 % less time; three axes, 27 rows, take
+        # longer, and leaving the empty rows out of the bags costs more to build than it saves).
+        half = torch.tensor([0.5, 0.5, 1.0], device=device)
+        per_axis = []
         for axis in range(kernels[-1].lattice.weights.shape[0]):
             bags = torch.zeros(rows, 3, dtype=index, device=device)
             bags[:, 2] = torch.arange(rows, device=device)
             for k, base in zip(kernels, bases, strict=True):
+                bags[base : base + k.lattice.size, :2] = base
                 if axis < k.lattice.weights.shape[0]:
-                    bags[base : base + k.lattice.size, :2] = k.lattice.neighbors[axis] + base
-            blur.append(RowSums(bags, None, half))
+                    bags[base : base + k.lattice.size, :2] += k.lattice.neighbors[axis]
+            per_axis.append(bags)
+        if reverse:
+            per_axis.reverse()
+        blur = []
+        for first in range(0, len(per_axis), 2):
+            bags, weight = per_axis[first], half
+            if first + 1 < len(per_axis):  # [i, (k, l)]: the l-th of the first step's bag of
+                then = per_axis[first + 1]  # the k-th row of the second step's bag of i
+                bags = bags.index_select(0, then.reshape(-1)).reshape(rows, 9)
+                weight = (half[:, None] * half).reshape(-1)
+            blur.append(RowSums(bags, None, weight.repeat(rows, 1)))
         return cls(splat=splat, blur=blur, slice=RowSums(slice_index, None, slice_weight))
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
