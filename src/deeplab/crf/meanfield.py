@@ -250,11 +250,11 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
     least its largest softmax(-U) share, never 0; they are small (<= the weights' sum per-pixel,
     about 8 symmetric with the released ones), but weights large enough for exp(m) to overflow
     make a row sum inf or NaN, and that iteration is redone as a softmax."""
-    q = unary_softmax
+    q, ones = unary_softmax, unary_softmax.new_ones(unary_softmax.shape[1], 1)
     for _ in range(iterations):
         x = filters(q).exp_().mul_(unary_softmax)
-        total = x.sum(1, keepdim=True)
-        if bool(torch.isfinite(total.sum())):  # finite exactly when every row sum is
+        total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
+        if bool(torch.isfinite(total.sum())):  # not when a row sum is inf or NaN
             q = x.div_(total)
         else:
             q = torch.softmax(filters(q).add_(torch.log(unary_softmax)), 1)
