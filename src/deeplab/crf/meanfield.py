@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from deeplab.crf.permutohedral import Lattice
 
@@ -36,8 +37,10 @@ class Kernel:
 
 def make_kernel(features: list[torch.Tensor], weight: float, normalization: str) -> Kernel:
     """Build the lattice once and the normalisation from filtering a vector of ones."""
-    lattice = Lattice.build(features)
-    norm = lattice.filter_scalar(features[0].new_ones(lattice.weights.shape[1])).double()
+    with record_function("crf.lattice"):
+        lattice = Lattice.build(features)
+    with record_function("crf.normalisation"):
+        norm = lattice.filter_scalar(features[0].new_ones(lattice.weights.shape[1])).double()
     if normalization == "symmetric":
         scale = (1.0 / torch.sqrt(norm + 1e-20)).float()
         return Kernel(lattice, weight, scale, scale)
@@ -149,13 +152,17 @@ class Filters:
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         """sum_k w_k normalised K_k q for q (P, C): splat, blur, slice."""
-        return self.slice(self.spread(q))
+        lattice = self.spread(q)
+        with record_function("crf.slice"):
+            return self.slice(lattice)
 
     def spread(self, q: torch.Tensor) -> torch.Tensor:
         """The lattice array of q (P, C): splat, then blur."""
-        lattice = self.splat(q)
-        for step in self.blur:
-            lattice = step(lattice)
+        with record_function("crf.splat"):
+            lattice = self.splat(q)
+        with record_function("crf.blur"):
+            for step in self.blur:
+                lattice = step(lattice)
         return lattice
 
 
@@ -225,18 +232,19 @@ def mean_field(
     q = unary_softmax[0] if len(unary_softmax) == 1 else torch.cat(unary_softmax)
     del unary_softmax
     if iterations:
-        filters = Filters.build(
-            [
-                smoothness_kernel(
-                    tuple(tuple(p.shape[1:]) for p in probs),
-                    pos_xy_std,
-                    float(np.float32(pos_w)),
-                    normalization,
-                    q.device,
-                ),
-                make_kernel(bilateral, float(np.float32(bi_w)), normalization),
-            ]
-        )
+        kernels = [
+            smoothness_kernel(
+                tuple(tuple(p.shape[1:]) for p in probs),
+                pos_xy_std,
+                float(np.float32(pos_w)),
+                normalization,
+                q.device,
+            ),
+            make_kernel(bilateral, float(np.float32(bi_w)), normalization),
+        ]
+        with record_function("crf.operator"):
+            filters = Filters.build(kernels)
+        del kernels
         q = _iterate(filters, q, iterations)
     return [part.T.reshape(p.shape) for part, p in zip(torch.split(q, sizes), probs, strict=True)]
 
@@ -252,10 +260,13 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
     make a row sum inf or NaN, and that iteration is redone as a softmax."""
     q, ones = unary_softmax, unary_softmax.new_ones(unary_softmax.shape[1], 1)
     for _ in range(iterations):
-        x = filters(q).exp_().mul_(unary_softmax)
-        total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
-        if bool(torch.isfinite(total.sum())):  # not when a row sum is inf or NaN
-            q = x.div_(total)
-        else:
+        x = filters(q)
+        with record_function("crf.softmax"):
+            x = x.exp_().mul_(unary_softmax)
+            total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
+            finite = bool(torch.isfinite(total.sum()))  # not when a row sum is inf or NaN
+            if finite:
+                q = x.div_(total)
+        if not finite:
             q = torch.softmax(filters(q).add_(torch.log(unary_softmax)), 1)
     return q
