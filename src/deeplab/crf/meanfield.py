@@ -8,9 +8,10 @@ pixels are concatenated and each lattice keeps the images apart.
 
 For speed the lattices are built once per call and every per-pixel factor (normalisation,
 alpha, weight) is folded into the weights of one splat and one slice that serve all kernels at
-once (`Filters`, weighted row sums by `embedding_bag`), so an iteration is one splat, one blur
-step per axis, one slice added to -U, and a softmax. The slice sums the kernels before adding
--U, densecrf kernel by kernel, so results agree to float rounding (~1e-7).
+once (`Filters`, weighted row sums by `embedding_bag`), so an iteration is one splat, a blur step
+per two axes, one slice, and the softmax, taken as exp(messages) times softmax(-U) renormalised.
+Sums run in another order than densecrf's (kernels summed before the unary, two blur axes at
+once, products for sums of logarithms), so results agree to float rounding (~1e-6).
 """
 
 from dataclasses import dataclass, replace
