@@ -33,6 +33,7 @@ from deeplab.crf.dense_crf import check_iterations, check_kernels
 from deeplab.crf.meanfield import (
     Filters,
     Kernel,
+    RowSums,
     bilateral_features,
     make_kernel,
     smoothness_kernel,
@@ -58,23 +59,27 @@ class KernelPair:
         unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in self.kernels])
         self.forward_filter = _as(unit, dtype)
         self.vertices = torch.tensor(
-            [k.lattice.weights.shape[0] for k in self.kernels], device=unit.slice_index.device
+            [k.lattice.weights.shape[0] for k in self.kernels], device=unit.slice.index.device
         )
         self.transposed_parts = None  # built by the first backward: evaluation needs none
 
     def _build_transposed(self) -> None:
         f = self.forward_filter
-        swapped = Filters.build([Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels])
-        spread = replace(  # shares the index arrays, which are the same
+        swapped = Filters.build(
+            [Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels], reverse=True
+        )
+        dtype = f.splat.weight.dtype
+        spread = replace(  # shares the splat's index arrays, which are the same
             f,
-            splat_weight=swapped.splat_weight.to(f.splat_weight.dtype),
-            blur_steps=f.blur_steps[::-1],
+            splat=replace(f.splat, weight=swapped.splat.weight.to(dtype)),
+            blur=[step.to(dtype) for step in swapped.blur],
         )
         ends = self.vertices.cumsum(0).tolist()
         slices = [
-            (
-                swapped.slice_index[:, start:end].contiguous(),
-                swapped.slice_weight[:, start:end].to(spread.splat_weight.dtype).contiguous(),
+            RowSums(
+                swapped.slice.index[:, start:end].contiguous(),
+                None,
+                swapped.slice.weight[:, start:end].to(dtype).contiguous(),
             )
             for start, end in zip([0, *ends[:-1]], ends, strict=True)
         ]
@@ -90,10 +95,7 @@ class KernelPair:
             self._build_transposed()
         spread, slices = self.transposed_parts
         lattice = spread.spread(grad)
-        return [
-            F.embedding_bag(index, lattice, mode="sum", per_sample_weights=weight)
-            for index, weight in slices
-        ]
+        return [part(lattice) for part in slices]
 
 
 class _Messages(torch.autograd.Function):
@@ -106,9 +108,7 @@ class _Messages(torch.autograd.Function):
         ctx.save_for_backward(q, weights)
         per_column = weights.repeat_interleave(kernels.vertices)
         f = kernels.forward_filter
-        return F.embedding_bag(
-            f.slice_index, f.spread(q), mode="sum", per_sample_weights=f.slice_weight * per_column
-        )
+        return f.slice(f.spread(q), f.slice.weight * per_column)
 
     @staticmethod
     @once_differentiable
@@ -126,11 +126,10 @@ class _Messages(torch.autograd.Function):
 
 def _as(filters: Filters, dtype: torch.dtype) -> Filters:
     """`filters` with its weights in `dtype` (embedding_bag wants them in the values' dtype)."""
-    return replace(
-        filters,
-        splat_weight=filters.splat_weight.to(dtype),
-        slice_weight=filters.slice_weight.to(dtype),
-        blur_weight=filters.blur_weight.to(dtype),
+    return Filters(
+        splat=filters.splat.to(dtype),
+        blur=[step.to(dtype) for step in filters.blur],
+        slice=filters.slice.to(dtype),
     )
 
 

@@ -1,0 +1,69 @@
+"""The torch lattice's fast paths against the plain computations they replace, and against
+pydensecrf where a setting takes the other path."""
+
+import numpy as np
+import pytest
+import torch
+
+from deeplab.crf import DenseCRF
+from deeplab.crf.meanfield import Filters, Kernel, bilateral_features
+from deeplab.crf.permutohedral import Lattice, _search_sorted
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small_case(seed: int = 0, size=(37, 45), classes: int = 5):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (*size, 3)).astype(np.uint8)
+    image[: size[0] // 2] //= 8  # a dark half: some lattice points, and their neighbours, absent
+    probs = rng.dirichlet(np.full(classes, 0.5), size).transpose(2, 0, 1).astype(np.float32)
+    return image, probs
+
+
+def test_search_sorted_equals_torch_searchsorted():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.unique(torch.randint(0, 10_000, (3_000,), generator=g, dtype=torch.int32))
+    queries = torch.randint(-5, 10_005, (5_000,), generator=g, dtype=torch.int32)
+    queries = torch.cat([queries.sort().values, queries])  # an ascending run, then any order
+    got = _search_sorted(keys, queries)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, torch.searchsorted(keys, queries))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_two_axis_blur_steps_equal_the_lattice_blur_axis_by_axis(reverse):
+    """`Filters` blurs two axes per step, over both kernels' stacked rows; `Lattice.blur` one
+    axis at a time in place (densecrf's order; reverse: the transposed filter's)."""
+    image, _ = small_case()
+    lattices = [
+        Lattice.build([bilateral_features(torch.from_numpy(image), 5.0, 3.0)[:, :2]]),
+        Lattice.build([bilateral_features(torch.from_numpy(image), 9.0, 4.0)]),
+    ]
+    filters = Filters.build([Kernel(lat, 1.0, None, None) for lat in lattices], reverse)
+    g = torch.Generator().manual_seed(1)
+    values = [torch.rand(lat.size, 3, generator=g) for lat in lattices]
+    for v in values:
+        v[0] = 0  # the empty row
+    got = torch.cat(values)
+    for step in filters.blur:
+        got = step(got)
+    first = 0
+    for lattice, v in zip(lattices, values, strict=True):
+        want = v.clone()
+        axes = lattice.neighbors.flip(0) if reverse else lattice.neighbors
+        for pairs in axes:
+            want.add_(torch.nn.functional.embedding_bag(pairs, want, mode="sum"), alpha=0.5)
+        torch.testing.assert_close(got[first : first + lattice.size], want, rtol=1e-6, atol=1e-6)
+        first += lattice.size
+    assert len(filters.blur) == 3  # 6 axes of the 5-d kernel, two per step
+
+
+def test_weights_beyond_exp_range_take_the_softmax_and_match_pydensecrf():
+    """Messages over ~88 overflow exp in float32: those iterations are redone as a softmax."""
+    pytest.importorskip("pydensecrf")
+    image, probs = small_case(2)
+    kw = dict(pos_w=60.0, bi_w=60.0, normalization="per_pixel", iterations=3)
+    ref = DenseCRF(backend="pydensecrf", **kw)(image, probs)
+    port = DenseCRF(backend="torch", **kw)(image, probs)
+    assert np.isfinite(port).all()
+    assert np.abs(ref - port).max() < 1e-4
