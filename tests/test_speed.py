@@ -88,12 +88,14 @@ def test_compile_matches_plain_path(image):
     assert list(net.state_dict()) == keys  # checkpoints stay interchangeable
 
 
-def test_bench_measures_a_tiny_model():
+def test_bench_measures_a_tiny_model(monkeypatch):
     """experiments/bench.py's per-model measurement, in-process on a 1/16-width net."""
     import argparse
     import importlib.util
 
     from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))  # its sibling imports: timing
 
     spec = importlib.util.spec_from_file_location("bench", REPO / "experiments" / "bench.py")
     bench = importlib.util.module_from_spec(spec)

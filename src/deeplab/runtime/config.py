@@ -8,7 +8,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deeplab.runtime.errors import UserError
 
@@ -44,3 +44,27 @@ def instantiate(node, **kwargs):
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None
         raise
+
+
+def group_option_names(group: str) -> set[str]:
+    """The option names of a config group (`model` -> {"largefov", "aspp_l", ...})."""
+    return {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+
+
+def group_options(group: str) -> dict[str, dict]:
+    """Each option of a config group as it sets its own keys (unresolved): the file, on top of
+    the bases it includes `@_here_` from its own group (conf/model/base/deeplab.yaml); group
+    switches in its defaults list (`override /backbone...`) are not followed."""
+    options = {}
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        own = OmegaConf.load(path)
+        merged = OmegaConf.create()
+        for entry in own.get("defaults", []):
+            if isinstance(entry, str) and entry.endswith("@_here_"):
+                name = entry.removesuffix("@_here_")  # `/x/y`: from conf/, else from the group
+                where = CONF_DIR / name[1:] if name.startswith("/") else CONF_DIR / group / name
+                merged = OmegaConf.merge(merged, OmegaConf.load(f"{where}.yaml"))
+        cfg = OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)
+        cfg.pop("defaults", None)
+        options[path.stem] = cfg
+    return options

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
-from deeplab.runtime.config import CONF_DIR, hydra_value
+from deeplab.runtime.config import group_options, hydra_value
 from deeplab.weights.handed_config import checked_overrides
 from deeplab.weights.legacy_records import current_overrides
 
@@ -51,25 +50,6 @@ def differences(saved: dict, current: dict, training: bool, prefix: str = "model
         elif a != b:
             out.append((f"{prefix}.{key}", a, b))
     return out
-
-
-def group_options(group: str) -> dict[str, dict]:
-    """Each option of a config group as it sets its own keys (unresolved): the file, on top of
-    the bases it includes `@_here_` from its own group (conf/model/base/deeplab.yaml); group
-    switches in its defaults list (`override /backbone...`) are not followed."""
-    options = {}
-    for path in sorted((CONF_DIR / group).glob("*.yaml")):
-        own = OmegaConf.load(path)
-        merged = OmegaConf.create()
-        for entry in own.get("defaults", []):
-            if isinstance(entry, str) and entry.endswith("@_here_"):
-                name = entry.removesuffix("@_here_")  # `/x/y`: from conf/, else from the group
-                where = CONF_DIR / name[1:] if name.startswith("/") else CONF_DIR / group / name
-                merged = OmegaConf.merge(merged, OmegaConf.load(f"{where}.yaml"))
-        cfg = OmegaConf.to_container(OmegaConf.merge(merged, own), resolve=False)
-        cfg.pop("defaults", None)
-        options[path.stem] = cfg
-    return options
 
 
 def _architecture_mismatches(config: dict, option: dict) -> int:

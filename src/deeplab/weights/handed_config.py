@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
 
-from deeplab.runtime.config import CONF_DIR
+from deeplab.runtime.config import group_option_names, group_options
 from deeplab.runtime.errors import UserError
 
 # --- the allowlist: extend it here when a config group joins what a checkpoint rebuilds ---------
@@ -47,10 +47,6 @@ def _plain(value) -> bool:
     if isinstance(value, str):
         return "${" not in value
     return isinstance(value, PLAIN_TYPES)
-
-
-def group_option_names(group: str) -> set[str]:
-    return {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
 
 
 def checked_overrides(overrides, source) -> list[str]:
@@ -97,8 +93,6 @@ def check_key(key: str, source, reads_files: bool = False) -> None:
 def project_builders() -> dict[str, str]:
     """{builder `_target_` string, as the project's model options (conf/model/*.yaml) name it:
     itself}: a recorded builder is looked up here and the project's own string is used."""
-    from deeplab.weights.checkpoint_overrides import group_options  # it imports this module
-
     options = group_options("model").values()
     return {o["_target_"]: o["_target_"] for o in options if "_target_" in o}
 
