@@ -72,7 +72,8 @@ def build_network(cfg: DictConfig, datamodule) -> torch.nn.Module:
             "and crf is none: add crf=deeplab_vgg16 (VOC, VGG-16), crf=deeplab_resnet101 or "
             "crf=synthetic (the 128-px synthetic set)"
         )
-    layer = CRFRNN.like(instantiate(cfg.crf), datamodule.num_classes)
+    kernel_weights = cfg.model.get("crf_rnn_kernel_weights", "scalar")
+    layer = CRFRNN.like(instantiate(cfg.crf), datamodule.num_classes, kernel_weights=kernel_weights)
     return WithCRFRNN(
         net,
         layer,

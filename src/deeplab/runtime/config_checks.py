@@ -168,6 +168,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         "model.crf_rnn_aux_loss_weight=0.5",
     ),
     ("model.crf_rnn_lr_mult", non_negative, "a factor >= 0, e.g. model.crf_rnn_lr_mult=1"),
+    (
+        "model.crf_rnn_kernel_weights",
+        one_of("scalar", "matrix"),
+        "scalar or matrix, e.g. model.crf_rnn_kernel_weights=matrix",
+    ),
     ("optim.name", one_of("sgd", "adamw"), "sgd or adamw, e.g. optim.name=sgd"),
     ("optim.lr", positive, "a learning rate > 0, e.g. optim.lr=1e-3"),
     ("optim.momentum", fraction, "a value in [0, 1), e.g. optim.momentum=0.9"),
