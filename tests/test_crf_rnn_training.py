@@ -119,6 +119,15 @@ def test_layer_iterations_and_optimizer_group():
     assert net(image).shape == (2, 7, 33, 41)  # the input's size, not the logits'
 
 
+def test_matrix_kernel_weights_from_the_config():
+    cfg = compose("train", [*SMOKE, *CRF_RNN, "model.crf_rnn_kernel_weights=matrix"])
+    layer = build_network(cfg, instantiate(cfg.data)).crf_rnn
+    assert layer.kernel_weights == "matrix" and layer.bi_w.shape == (7, 7)
+    torch.testing.assert_close(layer.bi_w, cfg.crf.bi_w * torch.eye(7))
+    with pytest.raises(UserError, match="model.crf_rnn_kernel_weights=matrix"):
+        check_config(compose("train", [*SMOKE, *CRF_RNN, "model.crf_rnn_kernel_weights=full"]))
+
+
 def test_the_stage2_experiment_needs_a_stage1_checkpoint():
     with pytest.raises(UserError, match="stage1_checkpoint"):
         check_config(compose("train", ["experiment=crf_rnn_finetune"]))
