@@ -16,6 +16,7 @@ so the data set is the demo's (`data_dir`, default `data/`).
 """
 
 import argparse
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -133,8 +134,10 @@ def main() -> None:
     trained = "trained" if checkpoint_holds_layer(state) else "Potts start"
     print(f"\n| gradient on the network's logits (layer: {trained}) | norm | cosine |")
     print("|---|---:|---:|")
+    weights = copy.deepcopy(net.state_dict())  # training mode moves BatchNorm's statistics
     for name, norm, cosine in gradient_scale(net, datamodule, args.batches):
         print(f"| {name} | {norm:.4g} | {cosine:.3f} |")
+    net.load_state_dict(weights)
     if checkpoint_holds_layer(state):
         rows = compatibility_drift(net, datamodule, cfg.crf)
         print("\n| val, 50 images | mIoU % |\n|---|---:|")
