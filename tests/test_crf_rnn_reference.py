@@ -69,6 +69,7 @@ def reference_layer(tmp_path_factory):
             del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_matrix_layer_equals_the_authors_layer_on_voc(voc_sample_root, reference_layer):
     """Trained-looking parameters (all three matrices off their start), real VOC images and
     noisy scores: the same scores to float32 rounding, the same labels, and the same gradient

@@ -72,6 +72,16 @@ def test_a_stage1_checkpoint_fills_the_network_and_the_layer_starts_as_potts(run
     assert net.crf_rnn.pos_w.item() == cfg.crf.pos_w
 
 
+def test_a_stage1_checkpoint_fills_the_network_inside_a_matrix_layer(runs):
+    """The stage-1 checkpoint records kernel_weights=scalar; the layer it starts is any."""
+    root, stage1, _, _ = runs
+    matrix = [*CRF_RNN, "model.crf_rnn_kernel_weights=matrix"]
+    cfg = compose("train", [*SMOKE, f"data_dir={root / 'data'}", *matrix])
+    datamodule = instantiate(cfg.data)
+    net = load_weights(build_network(cfg, datamodule), stage1, "init", cfg, datamodule)
+    torch.testing.assert_close(net.crf_rnn.pos_w, cfg.crf.pos_w * torch.eye(7))
+
+
 @pytest.mark.slow
 def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, tmp_path):
     root, _, stage2, trained = runs

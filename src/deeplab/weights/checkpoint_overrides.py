@@ -16,9 +16,17 @@ from deeplab.runtime.config import CONF_DIR, hydra_value
 
 # Fields that never change what a trained network computes: weight files used only to
 # initialise training, and the class count (checked on its own, with its own fix: the data set).
-# A CRF-RNN layer is not compared either: the weights say whether there is one (a checkpoint
-# without it loads into the network inside one), and its test iterations are a test-time choice.
-NOT_COMPARED = {"pretrained", "init_from", "num_classes", "crf_rnn", "crf_rnn_test_iterations"}
+# A CRF-RNN layer is not compared either: the weights say whether there is one and its kernel
+# weights' shapes (a checkpoint without it loads into the network inside one, whichever the
+# layer's kernel_weights), and its test iterations are a test-time choice.
+NOT_COMPARED = {
+    "pretrained",
+    "init_from",
+    "num_classes",
+    "crf_rnn",
+    "crf_rnn_test_iterations",
+    "crf_rnn_kernel_weights",
+}
 # Fields that change training but not an evaluation (eval mode: no dropout, frozen BN).
 TRAINING_ONLY = {
     "dropout",
