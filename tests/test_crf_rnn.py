@@ -48,6 +48,56 @@ def test_gradcheck_float64_scores_and_every_parameter(normalization, seed):
     assert torch.autograd.gradcheck(run, inputs, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_gradcheck_matrix_kernel_weights(normalization):
+    """The authors' parameterisation: exact gradients of the scores and of both kernels' C x C
+    weight matrices, moved off the diagonal so that every entry matters."""
+    logits, images = random_case(dtype=torch.float64, seed=2)
+    layer = CRFRNN(
+        3,
+        iterations=2,
+        bi_xy_std=4,
+        bi_rgb_std=40,
+        normalization=normalization,
+        kernel_weights="matrix",
+    ).double()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn(p.shape, dtype=torch.float64, generator=g))
+    params = {name: p.detach().clone().requires_grad_() for name, p in layer.named_parameters()}
+    assert set(params) == set(LEARNABLE) and params["bi_w"].shape == (3, 3)
+
+    def run(scores, *values):
+        return functional_call(layer, dict(zip(params, values, strict=True)), (scores, images))
+
+    inputs = (logits.requires_grad_(), *params.values())
+    assert torch.autograd.gradcheck(run, inputs, atol=1e-6, rtol=1e-5)
+
+
+def test_matrix_kernel_weights_start_as_the_scalar_layer_on_voc(voc_sample_root):
+    """W_k = w_k I at the start: on a real VOC image with random scores, the same scores (to
+    float32 rounding) and the same labels as the scalar layer, in training (5 iterations) and
+    at test (10); and both CRFs changed labels, so the equality is not that of two no-ops."""
+    voc = voc_sample_root / "VOC2012"
+    name = (voc / "ImageSets/Segmentation/val.txt").read_text().split()[0]
+    image = np.array(Image.open(voc / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+    images = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    g = torch.Generator().manual_seed(0)
+    coarse = 3 * torch.randn(1, 21, image.shape[0] // 8, image.shape[1] // 8, generator=g)
+    logits = F.interpolate(coarse, size=image.shape[:2], mode="bilinear", align_corners=False)
+    crf = DenseCRF(backend="torch")
+    for iterations in (5, 10):
+        scalar = CRFRNN.from_dense_crf(crf, 21, iterations)
+        matrix = CRFRNN.from_dense_crf(crf, 21, iterations, kernel_weights="matrix")
+        assert matrix.pos_w.shape == matrix.bi_w.shape == (21, 21)
+        with torch.no_grad():
+            want, got = scalar(logits, images), matrix(logits, images)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        assert torch.equal(got.argmax(1), want.argmax(1))
+        assert (want.argmax(1) != logits.argmax(1)).float().mean() > 0.01
+
+
 def test_batch_equals_per_image():
     logits, images = random_case(batch=3, classes=4, size=(20, 24), seed=1)
     layer = CRFRNN(4, iterations=3, bi_xy_std=6, bi_rgb_std=20)
@@ -167,6 +217,8 @@ def test_zero_iterations_return_the_scores_and_bad_inputs_raise():
         CRFRNN(3, normalization="before")
     with pytest.raises(ValueError, match="bi_rgb_std"):
         CRFRNN(3, bi_rgb_std=0)
+    with pytest.raises(ValueError, match="kernel_weights"):
+        CRFRNN(3, kernel_weights="vector")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

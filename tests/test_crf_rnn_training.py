@@ -12,6 +12,7 @@ from deeplab.engine.optimizer import param_groups
 from deeplab.engine.pipeline import (
     build_module,
     build_network,
+    check_run_config,
     evaluate,
     load_weights,
     train,
@@ -80,6 +81,16 @@ def test_a_stage1_checkpoint_fills_the_network_and_the_layer_starts_as_potts(run
     assert net.crf_rnn.pos_w.item() == cfg.crf.pos_w
 
 
+def test_a_stage1_checkpoint_fills_the_network_inside_a_matrix_layer(runs):
+    """The stage-1 checkpoint records kernel_weights=scalar; the layer it starts is any."""
+    root, stage1, _, _ = runs
+    matrix = [*CRF_RNN, "crf_rnn.kernel_weights=matrix"]
+    cfg = compose("train", [*SMOKE, f"data_dir={root / 'data'}", *matrix])
+    datamodule = instantiate(cfg.data)
+    net = load_weights(build_network(cfg, datamodule), stage1, "init", cfg, datamodule)
+    torch.testing.assert_close(net.crf_rnn.pos_w, cfg.crf.pos_w * torch.eye(7))
+
+
 @pytest.mark.slow
 def test_evaluate_and_predict_restore_the_layer_from_the_checkpoint_alone(runs, tmp_path):
     root, _, stage2, trained = runs
@@ -140,12 +151,21 @@ def test_layer_iterations_and_optimizer_group():
     assert net(image).shape == (2, 7, 33, 41)  # the input's size, not the logits'
 
 
+def test_matrix_kernel_weights_from_the_config():
+    cfg = compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.kernel_weights=matrix"])
+    layer = build_network(cfg, instantiate(cfg.data)).crf_rnn
+    assert layer.kernel_weights == "matrix" and layer.bi_w.shape == (7, 7)
+    torch.testing.assert_close(layer.bi_w, cfg.crf.bi_w * torch.eye(7))
+    with pytest.raises(UserError, match="crf_rnn.kernel_weights=matrix"):
+        check_run_config(compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.kernel_weights=full"]))
+
+
 def test_the_stage2_experiment_needs_a_stage1_checkpoint():
     with pytest.raises(UserError, match="stage1_checkpoint"):
         check_config(compose("train", ["experiment=crf_rnn_finetune"]))
     given = compose("train", ["experiment=crf_rnn_finetune", "init_from_checkpoint=s1.ckpt"])
     check_config(given)
-    assert given.init_from_checkpoint == "s1.ckpt" and given.crf_rnn.iterations == 5
+    assert given.init_from_checkpoint == "s1.ckpt" and given.crf_rnn.iterations == 10
     assert "crf_rnn" not in given.model  # design.md I12: the layer adds no key to cfg.model
 
 

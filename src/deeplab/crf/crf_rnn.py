@@ -38,10 +38,15 @@ from deeplab.crf.meanfield import (
     make_kernel,
     smoothness_kernel,
 )
+from deeplab.runtime.errors import UserError
 
 # The CRF config fields a layer is built with and keeps fixed (its kernel widths); its weights
 # and label compatibility are learnt (in its state dict), its iterations are the model's.
 KERNEL_KEYS = ("pos_xy_std", "bi_xy_std", "bi_rgb_std", "normalization")
+
+# "scalar": one weight per kernel (DeepLab's dense CRF); "matrix": a C x C matrix per kernel
+# (the authors' CRF-RNN), starting at the scalar times the identity.
+KERNEL_WEIGHTS = ("scalar", "matrix")
 
 
 class KernelPair:
@@ -74,20 +79,43 @@ class KernelPair:
             splat=replace(f.splat, weight=swapped.splat.weight.to(dtype)),
             blur=[step.to(dtype) for step in swapped.blur],
         )
+        self.transposed_parts = spread, self._per_kernel(swapped.slice.to(dtype))
+
+    def _per_kernel(self, whole: RowSums) -> list[RowSums]:
+        """A slice over all kernels' vertices, cut into one slice per kernel."""
         ends = self.vertices.cumsum(0).tolist()
-        slices = [
+        return [
             RowSums(
-                swapped.slice.index[:, start:end].contiguous(),
+                whole.index[:, start:end].contiguous(),
                 None,
-                swapped.slice.weight[:, start:end].to(dtype).contiguous(),
+                whole.weight[:, start:end].contiguous(),
             )
             for start, end in zip([0, *ends[:-1]], ends, strict=True)
         ]
-        self.transposed_parts = spread, slices
 
     def __call__(self, q: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """sum_k weights[k] A_k q for q (P, C), differentiable in q and `weights` (2,)."""
         return _Messages.apply(q, weights, self)
+
+    def each(self, q: torch.Tensor) -> torch.Tensor:
+        """[A_k q for each kernel k] stacked (2, P, C), differentiable in q."""
+        return _EachKernel.apply(q, self)
+
+    def forward_slices(self) -> list[RowSums]:
+        """Each kernel's slice of the forward filter."""
+        return self._per_kernel(self.forward_filter.slice)
+
+    def transposed_sum(self, grads: torch.Tensor) -> torch.Tensor:
+        """sum_k A_k^T grads[k] for grads (2, P, C): one splat and blur of the kernels' gradients
+        side by side (2C channels), each kernel's slice reading its own C."""
+        if self.transposed_parts is None:
+            self._build_transposed()
+        spread, slices = self.transposed_parts
+        c = grads.shape[-1]
+        lattice = spread.spread(torch.cat(list(grads), 1))
+        return sum(
+            part(lattice[:, k * c : (k + 1) * c].contiguous()) for k, part in enumerate(slices)
+        )
 
     def transposed(self, grad: torch.Tensor) -> list[torch.Tensor]:
         """[A_k^T grad for each kernel k]."""
@@ -124,6 +152,22 @@ class _Messages(torch.autograd.Function):
         return grad_q, grad_weights, None
 
 
+class _EachKernel(torch.autograd.Function):
+    """[A_k q] per kernel from one splat and blur of q (the matrix weights need the kernels'
+    messages apart); the backward is sum_k A_k^T g_k on the same lattice, as `_Messages`'s."""
+
+    @staticmethod
+    def forward(ctx, q, kernels: KernelPair):
+        ctx.kernels = kernels
+        lattice = kernels.forward_filter.spread(q)
+        return torch.stack([part(lattice) for part in kernels.forward_slices()])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grads):
+        return ctx.kernels.transposed_sum(grads.contiguous()), None
+
+
 def _as(filters: Filters, dtype: torch.dtype) -> Filters:
     """`filters` with its weights in `dtype` (embedding_bag wants them in the values' dtype)."""
     return Filters(
@@ -138,7 +182,8 @@ class CRFRNN(nn.Module):
     0-255) -> scores (B, C, H, W), the last iteration's pre-softmax scores (their argmax is its
     labels).
 
-    Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights) and
+    Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights: scalars, or with
+    `kernel_weights="matrix"` C x C matrices starting at w I, the authors' parameterisation) and
     `compatibility` (C x C, Potts at the start). Fixed: the kernel widths, the iteration counts
     (`iterations` in training, `test_iterations` in eval mode, as dropout switches; None: the
     same) and the normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's;
@@ -158,8 +203,14 @@ class CRFRNN(nn.Module):
         bi_rgb_std: float = 5.0,
         normalization: str = "per_pixel",
         test_iterations: int | None = None,
+        kernel_weights: str = "scalar",
     ):
         super().__init__()
+        if kernel_weights not in KERNEL_WEIGHTS:
+            raise UserError(
+                f"crf_rnn.kernel_weights={kernel_weights!r} is invalid: choose one of "
+                f"{', '.join(KERNEL_WEIGHTS)}, e.g. crf_rnn.kernel_weights=matrix"
+            )
         if num_classes < 2:
             raise ValueError(f"CRFRNN num_classes={num_classes} must be >= 2")
         check_iterations(iterations, "crf_rnn.iterations", 5)
@@ -174,18 +225,22 @@ class CRFRNN(nn.Module):
             float(bi_rgb_std),
         )
         self.normalization = normalization
-        self.pos_w = nn.Parameter(torch.tensor(float(pos_w)))
-        self.bi_w = nn.Parameter(torch.tensor(float(bi_w)))
+        self.kernel_weights = kernel_weights
+        unit = torch.eye(num_classes) if kernel_weights == "matrix" else torch.tensor(1.0)
+        self.pos_w = nn.Parameter(float(pos_w) * unit)
+        self.bi_w = nn.Parameter(float(bi_w) * unit)
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
 
     @classmethod
-    def from_dense_crf(cls, crf, num_classes: int, iterations: int | None = None) -> "CRFRNN":
+    def from_dense_crf(
+        cls, crf, num_classes: int, iterations: int | None = None, kernel_weights: str = "scalar"
+    ) -> "CRFRNN":
         """The layer with a post-hoc `DenseCRF`'s kernels and normalisation (its iterations
         unless given): untrained, the same CRF on raw scores."""
         params = dict(crf.params)
         if iterations is not None:
             params["iterations"] = iterations
-        return cls(num_classes, **params)
+        return cls(num_classes, **params, kernel_weights=kernel_weights)
 
     @property
     def steps(self) -> int:
@@ -197,7 +252,8 @@ class CRFRNN(nn.Module):
             f"num_classes={self.num_classes}, iterations={self.iterations}, "
             f"test_iterations={self.test_iterations}, "
             f"pos_xy_std={self.pos_xy_std}, bi_xy_std={self.bi_xy_std}, "
-            f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}"
+            f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}, "
+            f"kernel_weights={self.kernel_weights!r}"
         )
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -213,7 +269,10 @@ class CRFRNN(nn.Module):
             compatibility_t = self.compatibility.to(dtype).T
             q = torch.softmax(neg_unary, 1)
             for _ in range(self.steps):
-                messages = kernels(q, weights)
+                if weights.ndim == 1:
+                    messages = kernels(q, weights)
+                else:  # sum_k m_k W_k^T: label l's message mixes kernel k's messages of all l'
+                    messages = (kernels.each(q) @ weights.transpose(1, 2)).sum(0)
                 scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
                 q = torch.softmax(scores, 1)
             return scores.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
