@@ -26,6 +26,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     sys.argv = with_checkpoint_overrides(sys.argv)  # the checkpoint's settings, then the user's
+    check_command_line(sys.argv[1:], "predict")  # Hydra's own errors, as one message
     main()

@@ -34,8 +34,8 @@ from deeplab.crf.probs_io import load_probabilities, probability_files
 from deeplab.data.classes import VOC_CLASSES
 from deeplab.data.metrics import confusion_matrix, scores
 from deeplab.runtime.atomic import check_writable, written_atomically
-from deeplab.runtime.cli import reports_user_errors
-from deeplab.runtime.config import compose, hydra_value, instantiate
+from deeplab.runtime.cli import checked_compose, reports_user_errors
+from deeplab.runtime.config import hydra_value, instantiate
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress, track
 from deeplab.runtime.signals import exits_on_stop_signals
@@ -195,7 +195,7 @@ def composed_crf(overrides: list[str]) -> DictConfig:
         if key.removeprefix("crf.") in AXES:
             flag = "--" + key.removeprefix("crf.").replace("_", "-")
             raise UserError(f"{key} is an axis of the search grid: give its values with {flag}")
-    crf_config = compose("crf_eval", overrides).crf
+    crf_config = checked_compose("crf_eval", overrides).crf
     if crf_config is None:
         raise UserError("the CRF search needs a CRF: crf=deeplab_vgg16 or crf=deeplab_resnet101")
     return crf_config
