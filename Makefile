@@ -24,8 +24,9 @@ $(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt require
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
+# DEMO_ARGS: more overrides, e.g. DEMO_ARGS=hydra.run.dir=outputs/ci-demo (.ci/run)
 demo: install
-	$(PY) src/train.py experiment=demo
+	$(PY) src/train.py experiment=demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
