@@ -13,15 +13,20 @@ PYTEST_ARGS ?= -n 2
 install: $(VENV)/.installed
 
 # The package is installed editable (pyproject.toml): `import deeplab` from anywhere, edits live.
-$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt
+# pydensecrf (the reference CRF backend) compiles C++: where it does not build, the install goes
+# on with a warning and the CRF runs on the torch backend (crf.backend: auto).
+$(VENV)/.installed: pyproject.toml requirements.txt requirements-dev.txt requirements-pydensecrf.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_EXTRA) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[pydensecrf]" || echo "WARNING: pydensecrf did not build (it \
+	needs a C++ compiler); the CRF runs on the torch backend, which gives the same results"
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
+# DEMO_ARGS: more overrides, e.g. DEMO_ARGS=hydra.run.dir=outputs/ci-demo (.ci/run)
 demo: install
-	$(PY) src/train.py experiment=demo
+	$(PY) src/train.py experiment=demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -143,7 +143,7 @@ def demo_step(repeats: int) -> dict:
     (its `crf` config's kernels, 5 iterations), interleaved; min of `repeats` (wall and CPU)."""
     from deeplab.crf.crf_rnn import CRFRNN, WithCRFRNN
     from deeplab.engine.losses import segmentation_loss
-    from deeplab.runtime.config import compose, instantiate, network_config
+    from deeplab.runtime.config import compose, instantiate
 
     cfg = compose("train", ["experiment=demo"])
     images, masks = demo_batch(cfg.data.batch_size)
@@ -155,7 +155,7 @@ def demo_step(repeats: int) -> dict:
     models = {}
     for name in ("network", "network + CRF-RNN"):
         torch.manual_seed(0)
-        net = instantiate(network_config(cfg.model))
+        net = instantiate(cfg.model)
         if name != "network":
             layer = CRFRNN(cfg.data.num_classes, **crf.params)
             net = WithCRFRNN(net, layer, mean, std)

@@ -48,5 +48,5 @@ def evaluate_crf(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
+    check_command_line(sys.argv[1:], "crf_eval")  # Hydra's own errors, as one message
     main()

@@ -36,5 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
+    check_command_line(sys.argv[1:], "describe")  # Hydra's own errors, as one message
     main()

@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
     # the checkpoint's settings (read as data: handed_config), then the user's
     sys.argv = reports_user_errors(with_checkpoint_overrides)(sys.argv)
+    check_command_line(sys.argv[1:], "evaluate")  # Hydra's own errors, as one message
     main()

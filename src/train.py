@@ -22,5 +22,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])  # Hydra's lexer errors, as one message
+    check_command_line(sys.argv[1:], "train")  # Hydra's own errors, as one message
     main()

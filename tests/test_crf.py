@@ -276,6 +276,19 @@ def test_released_configs_use_deeplabs_normalisation():
             assert crf.normalization == "per_pixel", name
 
 
+def test_every_shipped_crf_picks_its_backend_by_what_is_installed():
+    """`backend: auto`: a machine without pydensecrf (or with a GPU) runs every shipped CRF."""
+    from deeplab.crf.dense_crf import default_backend
+    from deeplab.runtime.config import CONF_DIR, compose, instantiate
+
+    names = sorted(p.stem for p in (CONF_DIR / "crf").glob("*.yaml") if p.stem != "none")
+    assert "deeplab_vgg16" in names and "synthetic" in names
+    for name in names:
+        cfg = compose("crf_eval", [f"crf={name}"]).crf
+        assert cfg.backend == "auto", name
+        assert instantiate(cfg).backend == default_backend() in ("torch", "pydensecrf")
+
+
 def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="crf.backend"):
         DenseCRF(backend="cuda")

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,7 @@ def test_confusion_counts_and_skips_ignore():
 def test_grid_search_finds_a_setting_that_beats_no_crf(probs_dir, capsys):
     out = probs_dir / "search.json"
     report = main(
-        [str(probs_dir), "--backend", "torch", "--bi-w", "0.5", "5", "--bi-xy-std", "20",
+        [str(probs_dir), "crf.backend=torch", "--bi-w", "0.5", "5", "--bi-xy-std", "20",
          "--bi-rgb-std", "10", "--fine-steps", "1", "5", "2", "--out", str(out)]
     )  # fmt: skip
     printed = capsys.readouterr().out
@@ -100,12 +101,48 @@ def test_grid_search_finds_a_setting_that_beats_no_crf(probs_dir, capsys):
     assert saved["best"]["mIoU"] > saved["unary"]["mIoU"]
 
 
+def test_crf_eval_with_the_printed_overrides_scores_the_search_best(probs_dir, tmp_path, capsys):
+    """The search tunes the CRF that the other tools run: the `crf_eval.py` command it prints
+    (every CRF value, normalisation and backend included) scores exactly its best. The search runs
+    on the synthetic setting (per-pixel normalisation, pos_xy_std 1), not on argparse defaults."""
+    report = main(
+        [str(probs_dir), "crf=synthetic", "crf.iterations=3", "--bi-w", "0.5", "5",
+         "--bi-xy-std", "20", "--bi-rgb-std", "10", "--no-fine", "--out", str(tmp_path / "s.json")]
+    )  # fmt: skip
+    command = capsys.readouterr().out.split("the same score again:\n")[1].splitlines()[0]
+    program, script, *overrides = shlex.split(command)
+    assert (program, script) == ("python", "src/crf_eval.py")
+    assert {"crf=synthetic", "crf.normalization=per_pixel", "crf.pos_xy_std=1.0"} <= set(overrides)
+    assert report["fixed"]["normalization"] == "per_pixel"
+    run = subprocess.run(
+        [sys.executable, script, *overrides, f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["crf"]["backend"] == report["fixed"]["backend"]
+    assert metrics["val_crf/mIoU"] == pytest.approx(report["best"]["mIoU"], abs=1e-9)
+    assert metrics["val_crf/pixel_acc"] == pytest.approx(report["best"]["pixel_acc"], abs=1e-9)
+
+
+def test_the_search_refuses_what_it_would_not_run(probs_dir, capsys):
+    for args, message in (
+        (["crf.bi_w=5"], "crf.bi_w is an axis of the search grid: give its values with --bi-w"),
+        (["limit=3"], "'limit=3' is not a CRF setting"),
+        (["crf=none"], "the CRF search needs a CRF"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main([str(probs_dir), *args])
+        assert refused.value.code == 2
+        assert capsys.readouterr().err.startswith(f"Error: {message}")
+
+
 def without_timing(results: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in results]
 
 
 def test_an_interrupted_search_resumes_to_the_uninterrupted_result(probs_dir, capsys):
-    common = [str(probs_dir), "--limit", "1", "--backend", "torch", "--bi-w", "0.5", "5",
+    common = [str(probs_dir), "crf.backend=torch", "--limit", "1", "--bi-w", "0.5", "5",
               "--bi-rgb-std", "10", "--fine-steps", "1", "5", "2"]  # fmt: skip
     full = main([*common, "--bi-xy-std", "20", "--out", str(probs_dir / "full.json")])
     out = probs_dir / "resumed.json"
@@ -131,7 +168,7 @@ def test_an_interrupted_search_resumes_to_the_uninterrupted_result(probs_dir, ca
     assert "best mIoU" in progress[-1]
 
     with pytest.raises(SystemExit) as refused:  # a UserError: its message alone, exit 2
-        main([*common, "--bi-xy-std", "20", "--out", str(out), "--iterations", "5"])
+        main([*common, "--bi-xy-std", "20", "--out", str(out), "crf.iterations=5"])
     assert refused.value.code == 2
     assert re.search("another search .*iterations.*--restart", capsys.readouterr().err)
     again = main([*common, "--bi-xy-std", "20", "--no-fine", "--out", str(out), "--restart"])

@@ -19,7 +19,7 @@ from deeplab.crf.search import main as crf_search
 from deeplab.data.dataset import read_ids
 from deeplab.engine.pipeline import check_run_config, evaluate, model_config, train
 from deeplab.engine.prediction import predict
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import check_command_line, reports_user_errors
 from deeplab.runtime.config import compose
 from deeplab.runtime.config_checks import check_config
 from deeplab.runtime.errors import MissingFileError, UserError
@@ -352,3 +352,37 @@ def test_the_wrapper_ends_user_errors_only(capsys, monkeypatch):
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(MissingFileError):  # the traceback on request
         fails(MissingFileError("x.ckpt does not exist"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["data.bach_size=4"], "data.bach_size: no such key in the config; did you mean "
+         "data.batch_size"),
+        (["model=largefvo"], "model=largefvo: no such option in model/; did you mean "
+         "model=largefov? options: aspp_l, aspp_s,"),
+        (["-m", "model=largefov,largefvo"], "model=largefvo: no such option"),  # a sweep's value
+        (["crf=deeplab_vgg16", "crf.bi_ww=3"], "crf.bi_ww: no such key in the config; did you "
+         "mean crf.bi_w?"),
+    ],
+)  # fmt: skip
+def test_hydra_composition_errors_are_one_line_with_the_nearest_names(argv, expected, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        check_command_line(argv, "train")
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {expected}") and err.count("\n") == 1, err
+    check_command_line(["-m", "model=largefov,aspp_l", "data.batch_size=4"], "train")  # composes
+
+
+@pytest.mark.slow
+def test_train_py_exits_2_on_a_misspelt_key_or_option(tmp_path):
+    for override, expected in (
+        ("data.bach_size=4", "Error: data.bach_size: no such key in the config; did you mean "
+         "data.batch_size"),
+        ("model=largefvo", "Error: model=largefvo: no such option in model/; did you mean "
+         "model=largefov?"),
+    ):  # fmt: skip
+        result = run_cli([f"{REPO}/src/train.py", override], tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1, result.stderr

@@ -12,10 +12,11 @@ import onnxruntime
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from deeplab.data.classes import SYNTHETIC_CLASSES, voc_palette
 from deeplab.data.normalization import normalize
-from deeplab.engine.test_time import probabilities
+from deeplab.engine.test_time import PadTo, probabilities
 from deeplab.export import export, main
 from deeplab.runtime.config import compose
 from deeplab.runtime.errors import MissingFileError, UserError
@@ -168,26 +169,43 @@ def test_command_line_writes_the_file_and_names_a_mistake(tmp_path, capsys, monk
     assert capsys.readouterr().err.startswith(f"Error: {tmp_path / 'net.tflite'}: unknown export")
 
 
-def test_a_converted_caffe_file_exports_as_its_recorded_network(tmp_path):
+def test_a_converted_caffe_file_exports_what_predict_writes(tmp_path):
     """A `python -m deeplab.convert` file: the network its record builds, its Caffe mean inside,
-    generic class names (the file names none)."""
+    generic class names (the file names none), and the test protocol it carries (`tta.pad_to=513`:
+    pad with the mean colour, corner-aligned upsampling, crop) inside the graph: the argmax of the
+    ONNX and TorchScript scores is the mask `predict.py ckpt_path=<file>` writes."""
     from deeplab.weights.caffe.converter import convert, save
     from deeplab.weights.caffe.released_layouts import vgg16_layers, write_caffemodel
 
-    layers = vgg16_layers(0.0625, num_classes=5, head="aspp")
+    layers = vgg16_layers(0.0625, num_classes=21, head="aspp")  # VOC's: predict's class count
     converted = convert(write_caffemodel(tmp_path / "aspp.caffemodel", layers))
+    assert "tta.pad_to=513" in converted["overrides"]
     save(converted, tmp_path / "aspp.pth")
-    props = export(tmp_path / "aspp.pth", tmp_path / "aspp.onnx")
-    assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(5)]
+    props = export(tmp_path / "aspp.pth", tmp_path / "aspp.onnx", tmp_path / "aspp.pt")
+    assert json.loads(props["class_names"]) == [f"class_{i}" for i in range(21)]
+    assert json.loads(props["test_protocol"]) == {"tta.pad_to": 513}
+    image = random_image(1, 45, 60)
+    Image.fromarray(image[0]).save(tmp_path / "image.png")  # lossless: predict reads these pixels
+    predict = str(REPO / "src" / "predict.py")
+    command = [sys.executable, predict, f"ckpt_path={tmp_path / 'aspp.pth'}",
+               f"input={tmp_path / 'image.png'}", f"hydra.run.dir={tmp_path / 'pred'}"]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    predicted = torch.from_numpy(np.array(Image.open(tmp_path / "pred" / "masks" / "image.png")))
+
     net = hydra.utils.instantiate(converted["model"]).eval()
     net.load_state_dict(converted["state_dict"])
-    session = onnxruntime.InferenceSession(str(tmp_path / "aspp.onnx"))
-    image = random_image(1, 45, 60)
-    batch = np.ascontiguousarray(image.transpose(0, 3, 1, 2), dtype=np.float32)
-    scores = torch.from_numpy(session.run(None, {"image": batch})[0])
     mean = torch.tensor(json.loads(props["normalization"])["mean"]).view(1, 3, 1, 1)
+    batch = np.ascontiguousarray(image.transpose(0, 3, 1, 2), dtype=np.float32)
+    with torch.no_grad():  # predict's protocol on the torch network: where its argmax is a tie
+        reference = PadTo(net, 513)(torch.from_numpy(batch) - mean)  # Caffe convention: std 1
+    best_two = reference.topk(2, dim=1).values
+    tolerance = 1e-5 * reference.abs().max()  # Caffe's unscaled inputs: logits near 100
+    session = onnxruntime.InferenceSession(str(tmp_path / "aspp.onnx"))
     with torch.no_grad():
-        logits = net(torch.from_numpy(batch) - mean)  # Caffe convention: std 1
-        reference = torch.nn.functional.interpolate(logits, size=(45, 60), mode="bilinear")
-    # Caffe's unscaled inputs give logits near 100 here: float32 rounding is relative
-    assert (scores - reference).abs().max() <= 1e-5 * reference.abs().max()
+        scripted = torch.jit.load(str(tmp_path / "aspp.pt"))(torch.from_numpy(batch))
+    for scores in (torch.from_numpy(session.run(None, {"image": batch})[0]), scripted):
+        assert (scores - reference).abs().max() <= tolerance
+        differ = scores.argmax(1)[0] != predicted
+        assert ((best_two[0, 0] - best_two[0, 1])[differ] <= 2 * tolerance).all()
+        assert differ.float().mean() < 0.01  # the plain upsampling differs on ~45 % of pixels

@@ -168,7 +168,7 @@ def test_the_crf_search_logs_its_scored_settings(probs_dir, monkeypatch):  # noq
     assert offline()
     out = probs_dir / "search.json"
     report = crf_search(
-        [str(probs_dir), "--backend", "torch", "--bi-w", "0.5", "5", "--bi-xy-std", "20",
+        [str(probs_dir), "crf.backend=torch", "--bi-w", "0.5", "5", "--bi-xy-std", "20",
          "--bi-rgb-std", "10", "--no-fine", "--out", str(out), "--wandb",
          "--wandb-group", GROUP]
     )  # fmt: skip

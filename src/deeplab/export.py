@@ -8,8 +8,10 @@ CKPT is a checkpoint of `train.py` or a file of `python -m deeplab.convert`; eve
 export needs (network config, weights, normalization, classes) is read from it, with
 `weights_only=True` (no pickled code runs). The exported model takes a float32 RGB batch
 (N, 3, H, W) with values 0-255, normalizes it inside, and returns (N, C, H, W) scores (logits
-bilinearly upsampled to the input size): their argmax over C is the mask `predict.py` writes with
-its default settings (no TTA, no CRF). Any N, H and W work (docs/export.md).
+bilinearly upsampled to the input size): their argmax over C is the mask `predict.py` writes for
+the same file with its default settings (no CRF). A file that carries the released test nets'
+protocol (`tta.pad_to=513`: every converted Caffe file) has it inside the graph, as predict
+applies it. Any N, H and W work (up to `pad_to` where it is set; docs/export.md).
 
 Both formats come from one trace of the network (`torch.jit.trace`; ONNX through torch's
 TorchScript-based exporter, which needs no extra package). Tracing records the sizes the networks
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 
 from deeplab.crf.crf_rnn import checkpoint_holds_layer
 from deeplab.data.classes import voc_palette
+from deeplab.engine.test_time import PadTo
 from deeplab.models.atrous import set_atrous_mode
 from deeplab.runtime.cli import reports_user_errors
 from deeplab.runtime.config import instantiate
@@ -50,11 +53,13 @@ ONNX_OPSET = 17
 class Exported(nn.Module):
     """float32 RGB (N, 3, H, W) on 0-255 -> (N, C, H, W) logits at the input size, exactly as
     `predict.py` computes them: `normalize`, the network, bilinear upsampling with half-pixel
-    centres (`deeplab.engine.test_time.resize`)."""
+    centres (`deeplab.engine.test_time.resize`); or, where the file carries the released test
+    nets' protocol (`tta.pad_to`, converted Caffe files), predict's `PadTo`: pad to `pad_to` with
+    the mean colour (0 after normalizing), corner-aligned upsampling, crop back."""
 
-    def __init__(self, net: nn.Module, mean, std):
+    def __init__(self, net: nn.Module, mean, std, pad_to: int | None = None):
         super().__init__()
-        self.net = net.eval()
+        self.net = (PadTo(net, pad_to) if pad_to else net).eval()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -62,6 +67,13 @@ class Exported(nn.Module):
         logits = self.net((image - self.mean) / self.std)
         # Always resize (identity at equal sizes): a traced size check would fix the branch.
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def recorded_pad_to(overrides: list[str]) -> int | None:
+    """The `tta.pad_to` a file's recorded overrides set (the last one wins, as on a command line);
+    None where they set none or `null`."""
+    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "tta.pad_to"]
+    return int(values[-1]) if values and values[-1] not in ("null", "None", "") else None
 
 
 def read_weights(path: str | Path) -> tuple[dict, dict]:
@@ -77,6 +89,7 @@ def read_weights(path: str | Path) -> tuple[dict, dict]:
     if is_converted(checkpoint):
         check_record(checkpoint, f"checkpoint {path}")
         state, meta = converted_checkpoint(checkpoint, path)
+        meta = {**meta, "overrides": list(checkpoint["overrides"])}  # its test protocol
     else:
         meta = current_record(checkpoint.get("deeplab"))
         if not meta or "model" not in meta:
@@ -135,17 +148,19 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def metadata(meta: dict, source: Path) -> dict[str, str]:
+def metadata(meta: dict, source: Path, pad_to: int | None = None) -> dict[str, str]:
     """What the exported file carries beside the graph; every value a JSON string."""
     classes = recorded_classes(meta)
     normalization = meta.get("normalization", {})
+    size = f"H, W <= {pad_to} (padded to {pad_to} inside, tta.pad_to)" if pad_to else "any H, W"
     return {
         "class_names": json.dumps(classes["names"]),
         "class_colours": json.dumps(classes["colours"]),
         "source_checkpoint": json.dumps({"path": str(source.resolve()), "sha256": sha256(source)}),
         "normalization": json.dumps(normalization),
         "model": json.dumps(meta.get("model")),
-        "input": json.dumps("image: float32 RGB (N, 3, H, W), values 0-255, any N, H, W"),
+        "input": json.dumps(f"image: float32 RGB (N, 3, H, W), values 0-255, any N, {size}"),
+        "test_protocol": json.dumps({"tta.pad_to": pad_to}),
         "output": json.dumps("scores: float32 (N, C, H, W) logits; argmax over C = the mask"),
     }
 
@@ -161,7 +176,9 @@ def exportable(path: str | Path) -> tuple[Exported, dict[str, str]]:
             f"checkpoint {path} does not record its input normalization (data.mean, data.std): "
             "export a checkpoint written by train.py"
         )
-    return Exported(net, norm["mean"], norm["std"]).eval(), metadata(meta, path)
+    pad_to = recorded_pad_to(meta.get("overrides") or [])
+    exported = Exported(net, norm["mean"], norm["std"], pad_to).eval()
+    return exported, metadata(meta, path, pad_to)
 
 
 def traced(module: Exported) -> torch.jit.ScriptModule:

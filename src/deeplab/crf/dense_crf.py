@@ -1,9 +1,13 @@
 """`DenseCRF`: the callable that `instantiate(cfg.crf)` returns (design.md I5).
 
-Two backends share one set of parameters: `pydensecrf` (the C++ reference, CPU) and `torch`
-(the same lattice and mean field in PyTorch, on CPU or GPU, batched; matches the reference to
-float rounding).
+Two backends share one set of parameters: `pydensecrf` (the C++ reference, CPU; an optional
+package that needs a compiler) and `torch` (the same lattice and mean field in PyTorch, on CPU or
+GPU, batched; matches the reference to float rounding). `auto`, the shipped configs' choice, picks
+one per process (`default_backend`) and `DenseCRF.backend` then names the one that runs.
 """
+
+import functools
+import logging
 
 import numpy as np
 import torch
@@ -12,15 +16,18 @@ from deeplab.crf import pydensecrf_backend
 from deeplab.crf.meanfield import mean_field
 from deeplab.runtime.errors import UserError
 
-BACKENDS = ("pydensecrf", "torch")
+BACKENDS = ("auto", "pydensecrf", "torch")
 # What the class maps are: softmax probabilities (unary -log p, clipped at 1e-5 as pydensecrf's
 # unary_from_softmax does) or raw scores / logits (unary -score, as DeepLab's dense_inference).
 KINDS = ("probs", "logits")
 PROBS_SUM_TOLERANCE = 1e-3  # float16 softmax outputs sum to 1 within ~1e-3
+log = logging.getLogger(__name__)
 
 
 def default_backend() -> str:
-    """torch on a GPU or where pydensecrf is not installed, else pydensecrf (the reference)."""
+    """What `backend: auto` runs: torch on a GPU (the scores are on it) or where pydensecrf is not
+    installed, else pydensecrf (the reference, whose results the CPU figures were measured with).
+    """
     if torch.cuda.is_available() or not pydensecrf_backend.available():
         return "torch"
     return "pydensecrf"
@@ -58,6 +65,19 @@ def check_kernels(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
             )
 
 
+@functools.cache
+def auto_backend() -> str:
+    """`default_backend()`, logged once per process: which backend `auto` chose and why."""
+    backend = default_backend()
+    reason = (
+        "a GPU is available" if torch.cuda.is_available()
+        else "pydensecrf is not installed" if backend == "torch"
+        else "pydensecrf is installed and no GPU is available"
+    )  # fmt: skip
+    log.info("crf.backend=auto runs the %s backend: %s", backend, reason)
+    return backend
+
+
 class DenseCRF:
     """Fully connected CRF with a Gaussian (smoothness) and a bilateral (appearance) kernel.
 
@@ -75,7 +95,7 @@ class DenseCRF:
         bi_w: float = 4.0,
         bi_xy_std: float = 49.0,
         bi_rgb_std: float = 5.0,
-        backend: str = "pydensecrf",
+        backend: str = "auto",
         normalization: str = "symmetric",
         device: str | None = None,
     ):
@@ -89,6 +109,7 @@ class DenseCRF:
         check_kernels(pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std, normalization)
         # The one place the backend is decided: pydensecrf runs per image on the CPU, in worker
         # processes for whole splits; torch runs batches in this process, on CPU or GPU.
+        backend = auto_backend() if backend == "auto" else backend
         self.in_worker_processes = backend == "pydensecrf"
         if self.in_worker_processes:
             pydensecrf_backend.require()

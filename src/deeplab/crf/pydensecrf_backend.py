@@ -1,7 +1,8 @@
 """The reference backend: Krähenbühl's C++ through pydensecrf (package `pydensecrf2`).
 
-Optional: pydensecrf is a source package that needs a C++ compiler, and the torch backend needs
-none of it, so a missing pydensecrf only matters when this backend is asked for. Kept free of
+Optional (`pip install -e .[pydensecrf]`): pydensecrf is a source package that needs a C++
+compiler, and the torch backend needs none of it; `crf.backend: auto` runs torch where it is
+missing, so a missing pydensecrf only matters when this backend is asked for by name. Kept free of
 torch so that worker processes start quickly.
 """
 
@@ -15,7 +16,7 @@ try:
 except ImportError:
     dcrf = unary_from_softmax = None
 
-INSTALL = "pip install pydensecrf2"
+INSTALL = "pip install pydensecrf2"  # in a checkout: pip install -e .[pydensecrf]
 # symmetric: pydensecrf's default (Krähenbühl & Koltun, ICML 2013); per_pixel: 1 / (K 1) after
 # filtering, the NIPS 2011 code DeepLab used.
 NORMALIZATIONS = ("symmetric", "per_pixel")

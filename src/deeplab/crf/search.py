@@ -1,10 +1,16 @@
 """CRF parameter search on saved probabilities (paper.md §5):
-`python -m deeplab.crf.search PROBS_DIR`.
+`python -m deeplab.crf.search PROBS_DIR [crf=deeplab_vgg16] [crf.KEY=VALUE ...] [--options]`.
 
-The paper's protocol: fix the smoothness kernel (pos_w 3, pos_xy_std 3), grid-search the
-appearance kernel's bi_w in {3..6}, bi_xy_std in {30, 40, ..., 100}, bi_rgb_std in {3..6} on 100
-val images, then refine around the best point with half steps. The network never reruns: the
-probabilities come from `evaluate.py save_probs=<dir>` (format in `deeplab.crf.probs_io`).
+The CRF is composed from the same `crf` config group as `train.py`, `evaluate.py` and
+`crf_eval.py` (with `crf_eval.py`'s defaults), so the values it finds land in the CRF those tools
+run; the search varies only its grid axes and ends by printing the `crf_eval.py` command that
+scores its best setting again.
+
+The paper's protocol: fix the smoothness kernel (the config's pos_w, pos_xy_std: 3, 3),
+grid-search the appearance kernel's bi_w in {3..6}, bi_xy_std in {30, 40, ..., 100}, bi_rgb_std
+in {3..6} on 100 val images, then refine around the best point with half steps. The network never
+reruns: the probabilities come from `evaluate.py save_probs=<dir>` (format in
+`deeplab.crf.probs_io`).
 Prints the best setting and a markdown table of the grid, and writes JSON. Each scored setting is
 also appended to a .jsonl beside the JSON as it is scored; run again on the same folder, the search
 skips what that file holds (`--restart` to start over). `--wandb` also logs the scored settings
@@ -15,19 +21,22 @@ import argparse
 import hashlib
 import itertools
 import json
+import shlex
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from deeplab.crf.dense_crf import BACKENDS, DenseCRF, default_backend
+from deeplab.crf.dense_crf import DenseCRF
 from deeplab.crf.parallel import refine_many
 from deeplab.crf.probs_io import load_probabilities, probability_files
 from deeplab.data.classes import IGNORE_INDEX, VOC_CLASSES
 from deeplab.data.metrics import confusion_matrix, scores
 from deeplab.runtime.atomic import check_writable, written_atomically
-from deeplab.runtime.cli import reports_user_errors
+from deeplab.runtime.cli import checked_compose, reports_user_errors
+from deeplab.runtime.config import hydra_value, instantiate
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.progress import Progress, track
 from deeplab.runtime.signals import exits_on_stop_signals
@@ -148,13 +157,14 @@ def search(
     masks,
     grid: dict,
     fine_steps: dict | None,
-    crf_kwargs: dict,
+    crf_config: DictConfig,
     num_workers,
     log: ScoreLog | None = None,
 ) -> tuple[list[dict], dict]:
     """Run the coarse grid, then (if `fine_steps`) the fine grid around the best coarse point.
 
-    Settings already in `log` are taken from it, and every new score is appended to it."""
+    Each setting is `crf_config` with its grid axes replaced. Settings already in `log` are taken
+    from it, and every new score is appended to it."""
     results, seen = [], set()
     scored = log.scored if log else {}
 
@@ -169,9 +179,8 @@ def search(
                     continue
                 setting = dict(zip(AXES, values, strict=True))
                 start = time.perf_counter()
-                s = score_setting(
-                    DenseCRF(**crf_kwargs, **setting), images, probs, masks, num_workers
-                )
+                crf = instantiate(crf_config, **setting)
+                s = score_setting(crf, images, probs, masks, num_workers)
                 results.append(
                     {"stage": stage, **setting, "mIoU": s["mIoU"], "pixel_acc": s["pixel_acc"],
                      "seconds": time.perf_counter() - start}
@@ -190,6 +199,35 @@ def search(
 
 def setting_label(setting: dict) -> str:
     return " ".join(f"{a}={setting[a]:g}" for a in AXES)
+
+
+def composed_crf(overrides: list[str]) -> DictConfig:
+    """The `crf` node that `crf_eval.py <overrides>` composes, refused when it is no CRF or when
+    an override sets a grid axis (the search would overwrite it)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override or (key != "crf" and not key.startswith("crf.")):
+            raise UserError(
+                f"{override!r} is not a CRF setting: the search takes crf=<option> and "
+                "crf.KEY=VALUE overrides (the images are PROBS_DIR, --limit and --num-workers)"
+            )
+        if key.removeprefix("crf.") in AXES:
+            flag = "--" + key.removeprefix("crf.").replace("_", "-")
+            raise UserError(f"{key} is an axis of the search grid: give its values with {flag}")
+    crf_config = checked_compose("crf_eval", overrides).crf
+    if crf_config is None:
+        raise UserError("the CRF search needs a CRF: crf=deeplab_vgg16 or crf=deeplab_resnet101")
+    return crf_config
+
+
+def reproducing_overrides(args: argparse.Namespace, crf_config: DictConfig, best: dict) -> list:
+    """`crf_eval.py` overrides that score `best` on the same images: every CRF value spelt out
+    (backend and normalisation included), so no default of either tool can differ."""
+    choice = [o for o in args.overrides if o.split("=", 1)[0] == "crf"][-1:]
+    values = OmegaConf.to_container(crf_config, resolve=True) | {a: best[a] for a in AXES}
+    settings = [f"crf.{k}={hydra_value(v)}" for k, v in values.items() if k != "_target_"]
+    limit = f"limit={args.limit or 'null'}"
+    return [shlex.quote(o) for o in (f"probs_dir={args.probs_dir}", limit, *choice, *settings)]
 
 
 def markdown(results: list[dict], unary_miou: float) -> str:
@@ -238,20 +276,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("probs_dir", help="folder of .npz files from evaluate.py save_probs=<dir>")
-    p.add_argument("--limit", type=int, default=100, help="first N images (paper: 100; 0 = all)")
     p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="default: torch on a GPU or without pydensecrf, else pydensecrf",
+        "overrides",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="the CRF, as every tool takes it: crf=<option> (default deeplab_vgg16) and crf.KEY="
+        "VALUE Hydra overrides, e.g. crf.backend=torch crf.iterations=5 (before the options)",
     )
+    p.add_argument("--limit", type=int, default=100, help="first N images (paper: 100; 0 = all)")
     p.add_argument(
         "--num-workers", type=int, default=None, help="pydensecrf processes (default: all cores)"
     )
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--pos-w", type=float, default=3.0)
-    p.add_argument("--pos-xy-std", type=float, default=3.0)
-    p.add_argument("--normalization", choices=("symmetric", "per_pixel"), default="symmetric")
     for axis, values in COARSE.items():
         p.add_argument(f"--{axis.replace('_', '-')}", type=float, nargs="+", default=values)
     p.add_argument("--fine-steps", type=float, nargs=3, metavar=("BI_W", "BI_XY", "BI_RGB"),
@@ -270,7 +305,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--wandb-group", help="W&B group (default: crf_search/<probs dir>)")
     p.add_argument("--wandb-project", default=PROJECT, help=f"W&B project (default: {PROJECT})")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 @reports_user_errors
@@ -283,46 +318,45 @@ def main(argv=None) -> dict:
 
 def run_search(args: argparse.Namespace) -> dict:
     """The search `main` starts, with its arguments parsed."""
-    backend = args.backend or default_backend()
+    crf_config = composed_crf(args.overrides)
     grid = {a: getattr(args, a) for a in AXES}
     fine = None
     if not args.no_fine:
         fine = dict(zip(AXES, args.fine_steps, strict=True)) if args.fine_steps else {
             a: half_spacing(grid[a]) for a in AXES
         }  # fmt: skip
-    crf_kwargs = {
-        "iterations": args.iterations, "pos_w": args.pos_w, "pos_xy_std": args.pos_xy_std,
-        "normalization": args.normalization, "backend": backend,
-    }  # fmt: skip
+    crf = instantiate(crf_config)  # checks the fixed values; `backend: auto` is decided here
+    with open_dict(crf_config):
+        crf_config.backend = crf.backend  # every setting runs (and is reproduced) on this one
+    fixed = {k: v for k, v in crf.params.items() if k not in AXES} | {"backend": crf.backend}
     # Before the (long) loading, so that a log of another search is refused at once.
     out = args.out or Path(args.probs_dir) / "crf_search.json"
     files = probability_files(args.probs_dir, args.limit or None)
     check_writable(out.parent, "--out")
-    header = {**crf_kwargs, "images": [p.name for p in files], "content": content_digest(files)}
+    header = {**fixed, "images": [p.name for p in files], "content": content_digest(files)}
     log = ScoreLog(out.with_suffix(".jsonl"), header, args.restart)
     images, probs, masks = load_split(args.probs_dir, args.limit or None)
     unary = score(probs, masks)
     print(
-        f"{len(images)} images from {args.probs_dir}; backend {backend}; "
+        f"{len(images)} images from {args.probs_dir}; backend {crf.backend}; "
         f"no CRF: mIoU {unary['mIoU']:.2f}"
     )
     if log.scored:
         print(f"{len(log.scored)} settings already scored in {log.path}: skipping them")
-    results, best = search(images, probs, masks, grid, fine, crf_kwargs, args.num_workers, log)
+    results, best = search(images, probs, masks, grid, fine, crf_config, args.num_workers, log)
 
     table = markdown(results, unary["mIoU"])
     print("\n" + table + "\n")
     print(
-        f"Best: bi_w={best['bi_w']:g} bi_xy_std={best['bi_xy_std']:g} "
-        f"bi_rgb_std={best['bi_rgb_std']:g} "
-        f"(pos_w={args.pos_w:g} pos_xy_std={args.pos_xy_std:g}): mIoU {best['mIoU']:.2f} "
-        f"({best['mIoU'] - unary['mIoU']:+.2f} over no CRF)"
+        f"Best: {setting_label(best)}: mIoU {best['mIoU']:.2f} "
+        f"({best['mIoU'] - unary['mIoU']:+.2f} over no CRF); the same score again:\n"
+        + " ".join(["python src/crf_eval.py", *reproducing_overrides(args, crf_config, best)])
     )
     report = {
         "probs_dir": str(args.probs_dir),
         "num_images": len(images),
         "unary": {k: unary[k] for k in ("mIoU", "pixel_acc", "mean_acc", "fwIoU")},
-        "fixed": {k: v for k, v in crf_kwargs.items()},
+        "fixed": fixed,
         "best": best,
         "results": results,
     }

@@ -5,13 +5,15 @@ a `python -m` tool's `main`. A `UserError` prints `Error: <message>` on stderr a
 with HYDRA_FULL_ERROR=1 it is re-raised with its traceback. Any other exception is a bug and
 keeps its traceback (Hydra prints it as usual). In a multirun a failed job is recorded instead and
 `FailedJobs` lists them when the sweep ends. Command-line mistakes Hydra reports in its own words
-(an override it cannot lex, `+key` for a misspelt key) get the same one-message form:
-`check_command_line` in each entry script, `check_added_keys` in the wrapper.
+(an override it cannot lex, a misspelt key, an unknown option, `+key` for a misspelt key) get
+the same one-message form: `check_command_line` in each entry script, `check_added_keys` in the
+wrapper.
 """
 
 import difflib
 import functools
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,11 +21,13 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import OverrideParseException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from deeplab.runtime.config import compose
 from deeplab.runtime.errors import UserError
 
 EXIT_USER_ERROR = 2  # argparse's status for a bad command line; 1 stays "it crashed"
@@ -84,15 +88,19 @@ def check_added_keys(cfg: DictConfig) -> None:
             )
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Exit 2 with one message when a command-line override does not parse. Hydra reports it
-    before any of the project's code runs, as a lexer error pointing at a character (an unquoted
-    non-ASCII letter, a space, an unclosed bracket) and exit status 1. Entry scripts call this
-    before their `hydra.main` function."""
-    takes_value = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg",
-                   "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}  # fmt: skip
+CONFIG_FLAGS = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd"}
+
+
+def check_command_line(argv: list[str], config_name: str | None = None) -> None:
+    """Exit 2 with one message when a command-line override does not parse, or (given the app's
+    `config_name`) does not compose: a misspelt key (`data.bach_size=4`) or an unknown option
+    (`model=largefvo`). Hydra reports both before any of the project's code runs, in its own
+    words and with exit status 1. Entry scripts call this before their `hydra.main` function,
+    with the overrides that app will see."""
+    takes_value = {*CONFIG_FLAGS, "--cfg", "-c", "--package", "-p", "--info", "-i",
+                   "--experimental-rerun"}  # fmt: skip
     parser = OverridesParser.create()
-    previous = ""
+    previous, overrides = "", []
     for arg in argv:
         option_value = previous in takes_value and "=" not in arg
         previous = arg
@@ -104,14 +112,83 @@ def check_command_line(argv: list[str]) -> None:
             if full_error():
                 raise
             reason = str(err).splitlines()[0].split(": ")[0]
-            print(
-                f"Error: the override {arg!r} cannot be read ({reason}): quote a value that "
+            exit_with(
+                f"the override {arg!r} cannot be read ({reason}): quote a value that "
                 "holds spaces, non-ASCII letters or brackets, e.g. \"key='a value'\" (the outer "
-                "quotes are for the shell)",
-                file=sys.stderr,
-                flush=True,
+                "quotes are for the shell)"
             )
-            sys.exit(EXIT_USER_ERROR)
+        overrides.append(arg)
+    if config_name and not CONFIG_FLAGS & {a.split("=", 1)[0] for a in argv}:
+        try:
+            for trial in composition_trials(overrides):
+                checked_compose(config_name, trial)
+        except UserError as err:
+            if full_error():
+                raise
+            exit_with(str(err))
+
+
+def exit_with(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def composition_trials(overrides: list[str]) -> list[list[str]]:
+    """Override lists that together hold every value a command line asks for: the plain ones,
+    then each value of each sweep (`model=largefov,aspp_l`) with them. Sweeps Hydra expands only
+    with its config loader (`glob(...)`) are left to Hydra."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    trials = [plain]
+    for override in parsed:
+        if override.is_sweep_override():
+            try:
+                values = list(override.sweep_string_iterator())
+            except Exception:  # noqa: BLE001  (glob sweeps need Hydra's loader)
+                continue
+            key = override.get_key_element()
+            trials += [[*plain, f"{key}={value}"] for value in values]
+    return trials
+
+
+def checked_compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """`deeplab.runtime.config.compose`, with Hydra's composition errors as a `UserError` of one
+    line that keeps Hydra's hint and adds the nearest names."""
+    try:
+        return compose(config_name, overrides)
+    except ConfigCompositionException as err:
+        raise UserError(composition_error(err)) from err
+
+
+def composition_error(err: ConfigCompositionException) -> str:
+    """One line for Hydra's multi-line composition errors: the override, what is wrong, the
+    nearest key or option names, and Hydra's own advice."""
+    text = str(err)
+    missing = re.search(r"Could not find '(.+)/([^/']+)'", text)
+    if isinstance(err, MissingConfigException) and missing:
+        group, option = missing.groups()
+        listed = text.split("Available options in", 1)[-1].split("Config search path")[0]
+        options = [line.strip() for line in listed.splitlines()[1:] if line.strip()]
+        near = difflib.get_close_matches(option, options, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(f'{group}={o}' for o in near)}? " if near else ""
+        return f"{group}={option}: no such option in {group}/; {hint}options: {', '.join(options)}"
+    cause = err.__cause__
+    overridden = re.search(r"Could not override '([^']+)'", text)
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and overridden:
+        key = overridden.group(1)
+        parent = getattr(cause, "parent_node", None)
+        leaf = key.rpartition(".")[2]
+        names = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+        near = difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)
+        where = key.rpartition(".")[0]
+        spelt = [f"{where}.{n}" if where else n for n in near]
+        hint = f"did you mean {' or '.join(spelt)}? " if spelt else ""
+        return (
+            f"{key}: no such key in the config; {hint}(Hydra: to add a new key, which nothing "
+            f"may read, use +{key}=...)"
+        )
+    lines = [line.strip() for line in f"{text}\n{cause or ''}".splitlines() if line.strip()]
+    return "; ".join(lines)
 
 
 def in_multirun() -> bool:
