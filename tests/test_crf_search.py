@@ -217,7 +217,7 @@ def test_crf_eval_multirun_writes_metrics_per_job(probs_dir, tmp_path):
 
 def test_a_score_log_holds_the_scores_of_exactly_these_probabilities(probs_dir, capsys):
     """Saved again under the same names, the probabilities once got the old log's best."""
-    common = [str(probs_dir), "--limit", "1", "--backend", "torch", "--bi-w", "5",
+    common = [str(probs_dir), "--limit", "1", "crf.backend=torch", "--bi-w", "5",
               "--bi-xy-std", "20", "--bi-rgb-std", "10", "--no-fine",
               "--out", str(probs_dir / "s.json")]  # fmt: skip
     main(common)
@@ -234,7 +234,7 @@ def test_a_mask_value_above_the_class_count_is_one_message(tmp_path, capsys):
     mask[5, 5] = 9
     save_probabilities(tmp_path / "img0", image, probs, mask)
     with pytest.raises(SystemExit) as refused:
-        main([str(tmp_path), "--backend", "torch", "--bi-w", "5", "--no-fine"])
+        main([str(tmp_path), "crf.backend=torch", "--bi-w", "5", "--no-fine"])
     err = capsys.readouterr().err
     assert refused.value.code == 2 and err.count("\n") == 1
     assert f"{tmp_path / 'img0.npz'}: its mask holds values [9], neither one of its 3" in err
