@@ -14,7 +14,6 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-import deeplab.data  # noqa: F401  (registers data=folder's class-count resolver, as train.py does)
 from deeplab.crf import CRFRNN
 from deeplab.models import count_parameters
 from deeplab.runtime.config import CONF_DIR, compose
@@ -87,6 +86,22 @@ def test_i3_instantiate_cfg_model_is_the_network_for_every_option(model, data, f
         net = instantiate(cfg.model)
     assert isinstance(net, nn.Module)
     assert count_parameters(net) > 0
+
+
+def test_i3_holds_for_an_own_data_set_in_a_fresh_interpreter(folder_root):
+    """Nothing but the composing module imported: the class-count resolver of `data=folder`
+    comes with the package, so `instantiate(cfg.model)` resolves `num_classes` from classes.txt."""
+    code = (
+        "import hydra.utils, torch\n"
+        "from deeplab.runtime.config import compose\n"
+        f"cfg = compose('train', ['data=folder', 'data.root={folder_root}'])\n"
+        "with torch.device('meta'):\n"
+        "    net = hydra.utils.instantiate(cfg.model)\n"
+        "print(isinstance(net, torch.nn.Module), cfg.model.num_classes)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "3"]
 
 
 @pytest.mark.parametrize("model", MODELS)
