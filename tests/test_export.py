@@ -209,3 +209,12 @@ def test_a_converted_caffe_file_exports_what_predict_writes(tmp_path):
         differ = scores.argmax(1)[0] != predicted
         assert ((best_two[0, 0] - best_two[0, 1])[differ] <= 2 * tolerance).all()
         assert differ.float().mean() < 0.01  # the plain upsampling differs on ~45 % of pixels
+
+
+def test_the_recorded_test_protocol_is_read_as_an_override_is():
+    from deeplab.export import recorded_pad_to
+
+    assert recorded_pad_to(["tta.pad_to=321", "++tta.pad_to=513"], "f.pth") == 513
+    assert recorded_pad_to(["tta.pad_to=null"], "f.pth") is None
+    with pytest.raises(UserError, match=r"f.pth records tta.pad_to=big, which is not a size"):
+        recorded_pad_to(["tta.pad_to=big"], "f.pth")

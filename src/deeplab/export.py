@@ -37,7 +37,7 @@ from deeplab.data.classes import voc_palette
 from deeplab.engine.test_time import PadTo
 from deeplab.models.atrous import set_atrous_mode
 from deeplab.runtime.cli import reports_user_errors
-from deeplab.runtime.config import instantiate
+from deeplab.runtime.config import instantiate, override_key
 from deeplab.runtime.errors import UserError
 from deeplab.runtime.user_files import read_file
 from deeplab.weights.checkpoint import check_compatible, network_state
@@ -69,11 +69,18 @@ class Exported(nn.Module):
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def recorded_pad_to(overrides: list[str]) -> int | None:
-    """The `tta.pad_to` a file's recorded overrides set (the last one wins, as on a command line);
-    None where they set none or `null`."""
-    values = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "tta.pad_to"]
-    return int(values[-1]) if values and values[-1] not in ("null", "None", "") else None
+def recorded_pad_to(overrides: list[str], source) -> int | None:
+    """The `tta.pad_to` a file's recorded overrides set (`tta.pad_to=` or `++tta.pad_to=`; the
+    last one wins, as on a command line); None where they set none or `null`."""
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and override_key(o) == "tta.pad_to"]
+    if not values or values[-1] in ("null", "None", ""):
+        return None
+    if not values[-1].isdigit() or int(values[-1]) < 1:
+        raise UserError(
+            f"{source} records tta.pad_to={values[-1]}, which is not a size in pixels: convert "
+            "or train the file again"
+        )
+    return int(values[-1])
 
 
 def read_weights(path: str | Path) -> tuple[dict, dict]:
@@ -176,7 +183,7 @@ def exportable(path: str | Path) -> tuple[Exported, dict[str, str]]:
             f"checkpoint {path} does not record its input normalization (data.mean, data.std): "
             "export a checkpoint written by train.py"
         )
-    pad_to = recorded_pad_to(meta.get("overrides") or [])
+    pad_to = recorded_pad_to(meta.get("overrides") or [], path)
     exported = Exported(net, norm["mean"], norm["std"], pad_to).eval()
     return exported, metadata(meta, path, pad_to)
 

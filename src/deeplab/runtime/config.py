@@ -35,6 +35,11 @@ def hydra_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
+def override_key(override: str) -> str:
+    """The key a command-line override sets (`++data.root=x` -> `data.root`, `~model.x` -> ...)."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def instantiate(node, **kwargs):
     """`hydra.utils.instantiate`, with a component's own UserError passed on as it was raised
     (Hydra wraps every error of a `_target_` in an InstantiationException and its repr)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from deeplab.runtime.config import group_options, hydra_value
+from deeplab.runtime.config import group_options, hydra_value, override_key
 from deeplab.weights.handed_config import checked_overrides
 from deeplab.weights.legacy_records import current_overrides
 
@@ -171,21 +171,17 @@ def run_overrides(
     return out + [f"++{key}={_typed(value)}" for key, value in leaves]
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def saved_not_overridden(saved: list[str], given: list[str]) -> list[str]:
     """`saved` overrides (a checkpoint's), minus what the command line `given` decides itself: a
     group it switches (with that group's values) and every key it sets."""
-    keys = {_key(o) for o in given if "=" in o}
+    keys = {override_key(o) for o in given if "=" in o}
     dropped = set()
     for group in set(GROUPS) & keys:
         dropped.add(group)
         dropped.add("model.backbone" if group == "backbone" else group)
     kept = []
     for override in saved:
-        key = _key(override)
+        key = override_key(override)
         if key in keys or key in dropped or any(key.startswith(f"{d}.") for d in dropped):
             continue
         kept.append(override)
@@ -231,7 +227,7 @@ def with_run_split_dir(overrides: list[str], checkpoint: Path) -> list[str]:
     out = []
     parser = OverridesParser.create()
     for override in overrides:
-        if _key(override) == SPLIT_DIR_KEY:
+        if override_key(override) == SPLIT_DIR_KEY:
             value = parser.parse_override(override).value()
             if isinstance(value, str) and not Path(value).is_absolute():
                 value = str(run_folder(checkpoint) / value)
@@ -247,7 +243,7 @@ def with_checkpoint_overrides(argv: list[str]) -> list[str]:
     script, args = argv[0], argv[1:]
     given = [a for a in args if "=" in a and not a.startswith("-")]
     others = [a for a in args if a not in given]  # Hydra's flags (-m, --cfg job, ...)
-    paths = [a.split("=", 1)[1] for a in given if _key(a) == "ckpt_path" and "=" in a]
+    paths = [a.split("=", 1)[1] for a in given if override_key(a) == "ckpt_path" and "=" in a]
     if len(paths) != 1 or "," in paths[0]:  # a sweep over checkpoints: each job's own call
         return argv
     saved = with_run_split_dir(saved_overrides(paths[0]), Path(paths[0]))

@@ -9,27 +9,25 @@ place that translates them, so that evaluate, predict, export and init_from_chec
 checkpoints of both layouts alike.
 """
 
+from deeplab.runtime.config import override_key
+
 LEGACY_PREFIX = "crf_rnn"  # every old key of the layer began so, inside `model`
 # old model key -> the key of the crf_rnn group that holds it now (the layer's own values)
 LAYER_KEYS = {"crf_rnn_iterations": "iterations", "crf_rnn_test_iterations": "test_iterations"}
 # Training knobs (crf_rnn_aux_loss_weight, crf_rnn_lr_mult) rebuild nothing: they are dropped.
 
 
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def current_overrides(overrides: list[str]) -> list[str]:
     """A checkpoint's overrides with the old `model.crf_rnn*` ones turned into the `crf_rnn`
     group: `crf_rnn=on` and its iteration counts when the layer was on, nothing when it was off."""
     layer_on = any(
-        _override_key(o) == "model.crf_rnn" and o.split("=", 1)[1].lower() == "true"
+        override_key(o) == "model.crf_rnn" and o.split("=", 1)[1].lower() == "true"
         for o in overrides
         if "=" in o
     )
     out = []
     for override in overrides:
-        key = _override_key(override)
+        key = override_key(override)
         old = key.removeprefix("model.")
         if not (key.startswith("model.") and old.startswith(LEGACY_PREFIX)):
             out.append(override)
