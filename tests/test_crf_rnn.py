@@ -232,3 +232,28 @@ def test_cuda_equals_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
     for a, b in zip(gpu_grads, cpu_grads, strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-3, atol=1e-3)
+
+
+def test_output_scale_calibrates_without_changing_the_labels():
+    """`output_scale=True`: a learnt positive factor on the returned scores, 1 at the start (the
+    same scores as without it); moved, the scores scale and their argmax stays; its gradient is
+    exact (float64 gradcheck with every parameter)."""
+    logits, images = random_case(dtype=torch.float64, seed=4)
+    plain = CRFRNN(3, iterations=2, bi_xy_std=4, bi_rgb_std=40).double()
+    scaled = CRFRNN(3, iterations=2, bi_xy_std=4, bi_rgb_std=40, output_scale=True).double()
+    assert set(dict(scaled.named_parameters())) == {*LEARNABLE, "log_output_scale"}
+    with torch.no_grad():
+        base = plain(logits, images)
+        torch.testing.assert_close(scaled(logits, images), base)
+        scaled.log_output_scale.fill_(np.log(2.5))
+        moved = scaled(logits, images)
+    torch.testing.assert_close(moved, 2.5 * base)
+    assert torch.equal(moved.argmax(1), base.argmax(1))
+    params = {n: p.detach().clone().requires_grad_() for n, p in scaled.named_parameters()}
+
+    def run(scores, *values):
+        return functional_call(scaled, dict(zip(params, values, strict=True)), (scores, images))
+
+    assert torch.autograd.gradcheck(
+        run, (logits.requires_grad_(), *params.values()), atol=1e-6, rtol=1e-5
+    )

@@ -160,6 +160,14 @@ def test_matrix_kernel_weights_from_the_config():
         check_run_config(compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.kernel_weights=full"]))
 
 
+def test_output_scale_from_the_config():
+    cfg = compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.output_scale=true"])
+    layer = build_network(cfg, instantiate(cfg.data)).crf_rnn
+    assert float(layer.log_output_scale) == 0.0
+    with pytest.raises(UserError, match="crf_rnn.output_scale=true"):
+        check_run_config(compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.output_scale=2"]))
+
+
 def test_the_stage2_experiment_needs_a_stage1_checkpoint():
     with pytest.raises(UserError, match="stage1_checkpoint"):
         check_config(compose("train", ["experiment=crf_rnn_finetune"]))

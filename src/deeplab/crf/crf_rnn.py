@@ -183,8 +183,9 @@ class CRFRNN(nn.Module):
     labels).
 
     Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights: scalars, or with
-    `kernel_weights="matrix"` C x C matrices starting at w I, the authors' parameterisation) and
-    `compatibility` (C x C, Potts at the start). Fixed: the kernel widths, the iteration counts
+    `kernel_weights="matrix"` C x C matrices starting at w I, the authors' parameterisation),
+    `compatibility` (C x C, Potts at the start) and, with `output_scale`, a positive factor on
+    the returned scores (1 at the start; it leaves their argmax as it is). Fixed: the kernel widths, the iteration counts
     (`iterations` in training, `test_iterations` in eval mode, as dropout switches; None: the
     same) and the normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's;
     "symmetric": 1 / sqrt(K 1) before and after, pydensecrf's default). Its kernel values obey
@@ -204,12 +205,18 @@ class CRFRNN(nn.Module):
         normalization: str = "per_pixel",
         test_iterations: int | None = None,
         kernel_weights: str = "scalar",
+        output_scale: bool = False,
     ):
         super().__init__()
         if kernel_weights not in KERNEL_WEIGHTS:
             raise UserError(
                 f"crf_rnn.kernel_weights={kernel_weights!r} is invalid: choose one of "
                 f"{', '.join(KERNEL_WEIGHTS)}, e.g. crf_rnn.kernel_weights=matrix"
+            )
+        if not isinstance(output_scale, bool):
+            raise UserError(
+                f"crf_rnn.output_scale={output_scale!r} is invalid: use true or false, e.g. "
+                "crf_rnn.output_scale=true"
             )
         if num_classes < 2:
             raise ValueError(f"CRFRNN num_classes={num_classes} must be >= 2")
@@ -230,6 +237,10 @@ class CRFRNN(nn.Module):
         self.pos_w = nn.Parameter(float(pos_w) * unit)
         self.bi_w = nn.Parameter(float(bi_w) * unit)
         self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
+        # log of a positive factor on the returned scores: their argmax is the same whatever it
+        # is, so it only calibrates the probabilities, and cross-entropy need not weaken the CRF
+        # to make them less confident (docs/crf-rnn.md, Measured).
+        self.log_output_scale = nn.Parameter(torch.zeros(())) if output_scale else None
 
     @classmethod
     def from_dense_crf(
@@ -253,7 +264,8 @@ class CRFRNN(nn.Module):
             f"test_iterations={self.test_iterations}, "
             f"pos_xy_std={self.pos_xy_std}, bi_xy_std={self.bi_xy_std}, "
             f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}, "
-            f"kernel_weights={self.kernel_weights!r}"
+            f"kernel_weights={self.kernel_weights!r}, "
+            f"output_scale={self.log_output_scale is not None}"
         )
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -275,6 +287,8 @@ class CRFRNN(nn.Module):
                     messages = (kernels.each(q) @ weights.transpose(1, 2)).sum(0)
                 scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
                 q = torch.softmax(scores, 1)
+            if self.log_output_scale is not None:
+                scores = scores * self.log_output_scale.to(dtype).exp()
             return scores.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
     def _kernels(self, images: torch.Tensor, dtype) -> KernelPair:
