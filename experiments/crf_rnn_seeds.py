@@ -5,12 +5,14 @@ crf_rnn_finetune crf_rnn=none`, the same recipe without the layer) and stage 2 (
 it), each a `src/train.py` run in its own folder; then a markdown table of val mIoU (%): stage 1
 (the checkpoint's own metrics.json beside it), the control (network / + post-hoc CRF) and stage 2
 (network / + post-hoc CRF / + trained layer), with the trained layer's margins over both post-hoc
-CRFs. Extra arguments are overrides for both runs of every seed (the recipe's knobs):
+CRFs. Extra arguments are overrides for both runs of every seed (the recipe's knobs; the
+control drops the layer's own `crf_rnn.*` ones):
 
     python experiments/crf_rnn_seeds.py --stage1 outputs/<demo run> --out outputs/s2 \
         --seeds 0 1 2 [override ...]
 
-A run whose metrics.json exists is not rerun (delete its folder to redo it).
+A run whose metrics.json exists is not rerun (delete its folder to redo it); `--controls`
+names another folder for the control runs, so that variants of the layer share one control.
 """
 
 import argparse
@@ -41,13 +43,14 @@ def run(folder: Path, stage1: Path, seed: int, overrides: list[str]) -> dict:
 
 
 def miou(metrics: dict, prefix: str) -> float:
-    return 100 * metrics[f"{prefix}/mIoU"]
+    return metrics[f"{prefix}/mIoU"]  # metrics.json holds percentages
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage1", type=Path, required=True, help="the stage-1 run's folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the runs")
+    parser.add_argument("--controls", type=Path, help="folder for the control runs (--out)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args, overrides = parser.parse_known_args()
     stage1 = json.loads((args.stage1 / "metrics.json").read_text())
@@ -59,7 +62,12 @@ def main() -> None:
     )
     margins = []
     for seed in args.seeds:
-        control = run(args.out / f"control_seed{seed}", args.stage1, seed, overrides + ["crf_rnn=none"])
+        control = run(
+            (args.controls or args.out) / f"control_seed{seed}",
+            args.stage1,
+            seed,
+            [o for o in overrides if not o.startswith("crf_rnn.")] + ["crf_rnn=none"],
+        )
         stage2 = run(args.out / f"stage2_seed{seed}", args.stage1, seed, overrides)
         c_net, c_crf = miou(control, "val"), miou(control, "val_crf")
         net, crf, layer = miou(stage2, "val_net"), miou(stage2, "val_crf"), miou(stage2, "val")

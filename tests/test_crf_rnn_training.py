@@ -163,7 +163,7 @@ def test_matrix_kernel_weights_from_the_config():
 def test_output_scale_from_the_config():
     cfg = compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.output_scale=true"])
     layer = build_network(cfg, instantiate(cfg.data)).crf_rnn
-    assert float(layer.log_output_scale) == 0.0
+    assert layer.log_output_scale.item() == 0.0
     with pytest.raises(UserError, match="crf_rnn.output_scale=true"):
         check_run_config(compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.output_scale=2"]))
 
@@ -175,6 +175,19 @@ def test_the_stage2_experiment_needs_a_stage1_checkpoint():
     check_config(given)
     assert given.init_from_checkpoint == "s1.ckpt" and given.crf_rnn.iterations == 10
     assert "crf_rnn" not in given.model  # design.md I12: the layer adds no key to cfg.model
+
+
+def test_the_stage2_control_is_the_recipe_without_the_layer():
+    """`experiment=crf_rnn_finetune crf_rnn=none` (the control, docs/crf-rnn.md) builds the
+    plain network with the recipe's optimizer; layer keys merged over crf_rnn=none are refused."""
+    recipe = ["experiment=crf_rnn_finetune", "init_from_checkpoint=s1.ckpt", "data.num_train=8"]
+    stage2, control = (compose("train", [*recipe, *x]) for x in ([], ["crf_rnn=none"]))
+    assert control.crf_rnn is None and control.optim == stage2.optim
+    check_run_config(control)
+    assert not isinstance(build_network(control, instantiate(control.data)), WithCRFRNN)
+    merged = compose("train", [*SMOKE, "crf=synthetic", "++crf_rnn.iterations=3"])
+    with pytest.raises(UserError, match=r"crf_rnn.iterations set, but no CRF-RNN layer"):
+        check_run_config(merged)
 
 
 def written_before_the_crf_rnn_group(stage2, path):

@@ -94,6 +94,12 @@ def crf_rnn_layer(cfg: DictConfig) -> CRFRNN:
             "and crf is none: add crf=deeplab_vgg16 (VOC, VGG-16), crf=deeplab_resnet101 or "
             "crf=synthetic (the 128-px synthetic set)"
         )
+    if "_target_" not in cfg.crf_rnn:  # keys merged over crf_rnn=none, e.g. by an experiment
+        keys = ", ".join(f"crf_rnn.{k}" for k in cfg.crf_rnn)
+        raise UserError(
+            f"{keys} set, but no CRF-RNN layer is chosen (crf_rnn=none): add crf_rnn=on, or "
+            "set the layer's keys in a conf/crf_rnn option instead (as crf_rnn=stage2 does)"
+        )
     return instantiate(cfg.crf_rnn)
 
 
