@@ -17,7 +17,7 @@ from deeplab.crf.crf_rnn import WithCRFRNN
 from deeplab.crf.queue import RefineQueue
 from deeplab.data.metrics import confusion_matrix, flatten, scores
 from deeplab.data.normalization import denormalize
-from deeplab.engine.losses import segmentation_loss
+from deeplab.engine.losses import LAYER_LOSSES, segmentation_loss
 from deeplab.engine.optimizer import build_optimizer, build_scheduler
 from deeplab.engine.test_time import resize
 from deeplab.weights import checkpoint as ckpt
@@ -47,6 +47,8 @@ class SegmentationModule(pl.LightningModule):
         net_loss_weight: when `net` ends in a CRF-RNN layer (`WithCRFRNN`), the weight of a second
             loss on the network's own logits (`loss.crf_rnn_aux_weight`; 0: the loss is on
             the layer's full-resolution scores only).
+        layer_loss: the loss on a CRF-RNN layer's scores (`loss.crf_rnn_loss`): "cross_entropy"
+            or "lovasz_softmax" (`losses.LAYER_LOSSES`).
 
     With a CRF-RNN layer the validation scores the layer's output (`val/`) and, in the same
     pass, the network's own logits (`val_net/`); the post-hoc CRF refines the network's own
@@ -76,6 +78,7 @@ class SegmentationModule(pl.LightningModule):
         run_overrides: list[str] | None = None,
         palette: np.ndarray | None = None,
         net_loss_weight: float = 0.0,
+        layer_loss: str = "cross_entropy",
     ):
         super().__init__()
         self.net = net
@@ -96,6 +99,7 @@ class SegmentationModule(pl.LightningModule):
         self.run_overrides = run_overrides  # saved in checkpoints: evaluate / predict apply them
         self.palette = palette  # saved in checkpoints with the class names (for exports)
         self.net_loss_weight = net_loss_weight
+        self.layer_loss = LAYER_LOSSES[layer_loss]
         self.confusion = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_crf = confusion_matrix(self.num_classes, ignore_index)
         self.confusion_net = confusion_matrix(self.num_classes, ignore_index)  # inside a CRF-RNN
@@ -125,7 +129,7 @@ class SegmentationModule(pl.LightningModule):
             loss = segmentation_loss(self.net(image), mask, self.ignore_index)
         else:  # the layer's scores are at the crop size: the labels are used as they are
             scores, own = self.crf_rnn.scores_and_net_output(image)
-            loss = segmentation_loss(scores, mask, self.ignore_index)
+            loss = self.layer_loss(scores, mask, self.ignore_index)
             if self.net_loss_weight:
                 own_loss = segmentation_loss(own, mask, self.ignore_index)
                 loss = loss + self.net_loss_weight * own_loss

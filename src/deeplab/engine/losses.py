@@ -45,3 +45,42 @@ def segmentation_loss(
         for out in outputs
     ]
     return torch.stack(losses).sum()
+
+
+def lovasz_softmax_loss(scores: Tensor, mask: Tensor, ignore_index: int = 255) -> Tensor:
+    """The Lovász-softmax loss (Berman, Rannen Triki & Blaschko, CVPR 2018) of full-resolution
+    scores (B, C, H, W): a convex surrogate of 1 - IoU per class, averaged over the classes
+    present in the batch's labels, over all its labelled pixels at once.
+
+    For the CRF-RNN layer (`loss.crf_rnn_loss=lovasz_softmax`): cross-entropy trains the layer
+    towards a weaker CRF than the one that scores best in mIoU (docs/crf-rnn.md, Measured), since
+    a pixel's error under it has no bound; here a pixel's error is 1 - its true class's
+    probability, at most 1, and its weight is how much it moves the class's IoU.
+    """
+    classes = scores.shape[1]
+    probs = scores.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, classes)
+    labels = mask.reshape(-1)
+    labelled = labels != ignore_index
+    probs, labels = probs[labelled], labels[labelled]
+    per_class = []
+    for c in range(classes):
+        truth = (labels == c).to(probs.dtype)
+        if not truth.any():
+            continue
+        errors, order = torch.sort((truth - probs[:, c]).abs(), descending=True)
+        per_class.append(torch.dot(errors, _jaccard_steps(truth[order])))
+    return torch.stack(per_class).mean() if per_class else scores.sum() * 0.0
+
+
+def _jaccard_steps(truth_sorted: Tensor) -> Tensor:
+    """How the Jaccard loss 1 - |I| / |U| grows as each pixel, in descending order of error,
+    is counted wrong: the gradient of its Lovász extension at those errors."""
+    positives = truth_sorted.sum()
+    intersection = positives - truth_sorted.cumsum(0)
+    union = positives + (1.0 - truth_sorted).cumsum(0)
+    loss = 1.0 - intersection / union
+    return torch.cat([loss[:1], loss[1:] - loss[:-1]])
+
+
+# The losses a CRF-RNN layer's full-resolution scores can train with (`loss.crf_rnn_loss`).
+LAYER_LOSSES = {"cross_entropy": segmentation_loss, "lovasz_softmax": lovasz_softmax_loss}

@@ -228,6 +228,7 @@ def build_module(
         run_overrides=rebuild_overrides(cfg, run_dir),
         palette=datamodule.palette,
         net_loss_weight=(cfg.get("loss") or {}).get("crf_rnn_aux_weight", 0.0),
+        layer_loss=(cfg.get("loss") or {}).get("crf_rnn_loss", "cross_entropy"),
         **optim,
         **kwargs,
     )

@@ -158,6 +158,11 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
         non_negative,
         "a weight >= 0 (0: no loss on the network's own logits), e.g. loss.crf_rnn_aux_weight=0.5",
     ),
+    (
+        "loss.crf_rnn_loss",
+        one_of("cross_entropy", "lovasz_softmax"),
+        "cross_entropy or lovasz_softmax, e.g. loss.crf_rnn_loss=lovasz_softmax",
+    ),
     ("schedule.power", positive, "an exponent > 0, e.g. schedule.power=0.9"),
     ("schedule.step_size", positive_int, "a step count >= 1, e.g. schedule.step_size=2000"),
     ("schedule.gamma", positive, "a factor > 0, e.g. schedule.gamma=0.1"),
