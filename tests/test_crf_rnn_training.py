@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from deeplab.crf.crf_rnn import WithCRFRNN
+from deeplab.engine.losses import lovasz_softmax_loss, segmentation_loss
 from deeplab.engine.optimizer import param_groups
 from deeplab.engine.pipeline import (
     build_module,
@@ -158,6 +159,25 @@ def test_matrix_kernel_weights_from_the_config():
     torch.testing.assert_close(layer.bi_w, cfg.crf.bi_w * torch.eye(7))
     with pytest.raises(UserError, match="crf_rnn.kernel_weights=matrix"):
         check_run_config(compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.kernel_weights=full"]))
+
+
+@pytest.mark.parametrize("aux", [0.0, 0.5])
+def test_the_layer_loss_reaches_the_training_step(aux):
+    """loss.crf_rnn_loss=lovasz_softmax: the training loss is the Lovász-softmax loss of the
+    layer's scores (plus aux x the network's own cross-entropy)."""
+    overrides = ["loss.crf_rnn_loss=lovasz_softmax", f"loss.crf_rnn_aux_weight={aux}"]
+    cfg = compose("train", [*SMOKE, *CRF_RNN, *overrides])
+    data = instantiate(cfg.data)
+    module = build_module(cfg, data, build_network(cfg, data))
+    g = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 32, 32, generator=g)}
+    batch["mask"] = torch.randint(0, 7, (2, 32, 32), generator=g)
+    torch.manual_seed(1)  # the same dropout masks for the step and the reference
+    loss = module.training_step(batch, 0)
+    torch.manual_seed(1)
+    scores, own = module.net.scores_and_net_output(batch["image"])
+    want = lovasz_softmax_loss(scores, batch["mask"]) + aux * segmentation_loss(own, batch["mask"])
+    torch.testing.assert_close(loss, want)
 
 
 def test_output_scale_from_the_config():
