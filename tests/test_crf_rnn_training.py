@@ -161,6 +161,7 @@ def test_matrix_kernel_weights_from_the_config():
         check_run_config(compose("train", [*SMOKE, *CRF_RNN, "crf_rnn.kernel_weights=full"]))
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # no Trainer here
 @pytest.mark.parametrize("aux", [0.0, 0.5])
 def test_the_layer_loss_reaches_the_training_step(aux):
     """loss.crf_rnn_loss=lovasz_softmax: the training loss is the Lovász-softmax loss of the
