@@ -184,14 +184,14 @@ class CRFRNN(nn.Module):
 
     Learnable: `pos_w`, `bi_w` (the smoothness and appearance kernel weights: scalars, or with
     `kernel_weights="matrix"` C x C matrices starting at w I, the authors' parameterisation),
-    `compatibility` (C x C, Potts at the start) and, with `output_scale`, a positive factor on
-    the returned scores (1 at the start; it leaves their argmax as it is). Fixed: the kernel
-    widths, the iteration counts (`iterations` in training, `test_iterations` in eval mode, as
-    dropout switches; None: the same) and the normalisation ("per_pixel": 1 / (K 1) after
-    filtering, DeepLab's; "symmetric": 1 / sqrt(K 1) before and after, pydensecrf's default). Its kernel values obey
-    the post-hoc CRF's rules (`dense_crf.check_kernels`): `conf/crf_rnn/on.yaml` takes them from
-    the `crf` config. Computes in float32 (float64 when the scores are float64) with autocast
-    off, so it is safe inside bf16 / fp16 autocast; the images are not differentiated."""
+    `compatibility` (C x C, Potts at the start) and, with `output_scale`, a positive factor on the
+    returned scores (1 at the start; it leaves their argmax as it is). Fixed: the kernel widths, the
+    iteration counts (`iterations` in training, `test_iterations` in eval mode, as dropout switches;
+    None: the same) and the normalisation ("per_pixel": 1 / (K 1) after filtering, DeepLab's;
+    "symmetric": 1 / sqrt(K 1) before and after, pydensecrf's default). Its kernel values obey the
+    post-hoc CRF's rules (`dense_crf.check_kernels`): `conf/crf_rnn/on.yaml` takes them from the
+    `crf` config. Computes in float32 (float64 when the scores are float64) with autocast off, so it
+    is safe inside bf16 / fp16 autocast; the images are not differentiated."""
 
     def __init__(
         self,
