@@ -257,3 +257,19 @@ def test_output_scale_calibrates_without_changing_the_labels():
     assert torch.autograd.gradcheck(
         run, (logits.requires_grad_(), *params.values()), atol=1e-6, rtol=1e-5
     )
+
+
+def test_a_potts_layer_learns_only_the_kernel_weights():
+    """`learn_compatibility=False`: the compatibility stays Potts through an optimizer step, and
+    it stays in the state dict under its key, so checkpoints load either way."""
+    logits, images = random_case(classes=4, size=(12, 14), seed=5)
+    target = torch.randint(0, 4, (2, 12, 14), generator=torch.Generator().manual_seed(5))
+    layer = CRFRNN(4, iterations=2, bi_xy_std=6, bi_rgb_std=20, learn_compatibility=False)
+    assert [name for name, _ in layer.named_parameters()] == ["pos_w", "bi_w"]
+    F.cross_entropy(layer(logits, images), target).backward()
+    torch.optim.SGD(layer.parameters(), lr=0.5).step()
+    assert layer.pos_w.item() != 3.0 and layer.bi_w.item() != 4.0
+    torch.testing.assert_close(layer.compatibility, 1.0 - torch.eye(4), rtol=0, atol=0)
+    learnt = CRFRNN(4, iterations=2, bi_xy_std=6, bi_rgb_std=20)
+    learnt.load_state_dict(layer.state_dict())
+    assert set(layer.state_dict()) == set(learnt.state_dict())

@@ -206,6 +206,7 @@ class CRFRNN(nn.Module):
         test_iterations: int | None = None,
         kernel_weights: str = "scalar",
         output_scale: bool = False,
+        learn_compatibility: bool = True,
     ):
         super().__init__()
         if kernel_weights not in KERNEL_WEIGHTS:
@@ -213,11 +214,15 @@ class CRFRNN(nn.Module):
                 f"crf_rnn.kernel_weights={kernel_weights!r} is invalid: choose one of "
                 f"{', '.join(KERNEL_WEIGHTS)}, e.g. crf_rnn.kernel_weights=matrix"
             )
-        if not isinstance(output_scale, bool):
-            raise UserError(
-                f"crf_rnn.output_scale={output_scale!r} is invalid: use true or false, e.g. "
-                "crf_rnn.output_scale=true"
-            )
+        for key, value in (
+            ("output_scale", output_scale),
+            ("learn_compatibility", learn_compatibility),
+        ):
+            if not isinstance(value, bool):
+                raise UserError(
+                    f"crf_rnn.{key}={value!r} is invalid: use true or false, e.g. "
+                    f"crf_rnn.{key}=true"
+                )
         if num_classes < 2:
             raise ValueError(f"CRFRNN num_classes={num_classes} must be >= 2")
         check_iterations(iterations, "crf_rnn.iterations", 5)
@@ -236,7 +241,11 @@ class CRFRNN(nn.Module):
         unit = torch.eye(num_classes) if kernel_weights == "matrix" else torch.tensor(1.0)
         self.pos_w = nn.Parameter(float(pos_w) * unit)
         self.bi_w = nn.Parameter(float(bi_w) * unit)
-        self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))  # Potts
+        potts = 1.0 - torch.eye(num_classes)
+        if learn_compatibility:
+            self.compatibility = nn.Parameter(potts)
+        else:  # kept Potts, still in the state dict under the same key
+            self.register_buffer("compatibility", potts)
         # log of a positive factor on the returned scores: their argmax is the same whatever it
         # is, so it only calibrates the probabilities, and cross-entropy need not weaken the CRF
         # to make them less confident (docs/crf-rnn.md, Measured).
@@ -265,7 +274,8 @@ class CRFRNN(nn.Module):
             f"pos_xy_std={self.pos_xy_std}, bi_xy_std={self.bi_xy_std}, "
             f"bi_rgb_std={self.bi_rgb_std}, normalization={self.normalization!r}, "
             f"kernel_weights={self.kernel_weights!r}, "
-            f"output_scale={self.log_output_scale is not None}"
+            f"output_scale={self.log_output_scale is not None}, "
+            f"learn_compatibility={isinstance(self.compatibility, nn.Parameter)}"
         )
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
