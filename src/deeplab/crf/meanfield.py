@@ -9,9 +9,10 @@ pixels are concatenated and each lattice keeps the images apart.
 For speed the lattices are built once per call and every per-pixel factor (normalisation,
 alpha, weight) is folded into the weights of one splat and one slice that serve all kernels at
 once (`Filters`, weighted row sums by `embedding_bag`), so an iteration is one splat, a blur step
-per two axes, one slice, and the softmax, taken as exp(messages) times softmax(-U) renormalised.
-Sums run in another order than densecrf's (kernels summed before the unary, two blur axes at
-once, products for sums of logarithms), so results agree to float rounding (~1e-6).
+per two axes, one slice, and the softmax, taken as exp(messages) times softmax(-U) renormalised
+(exp as exp2 of the messages in base 2). Sums run in another order than densecrf's (kernels
+summed before the unary, two blur axes at once, products for sums of logarithms), so results
+agree to float rounding (~1e-6).
 """
 
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from torch.profiler import record_function
 from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
+LOG2_E, LN_2 = float(np.log2(np.e)), float(np.log(2.0))
 
 
 @dataclass
@@ -128,7 +130,8 @@ class Filters:
         # the axis and for empty rows). Two axes make one step: row i sums the 9 rows two axis
         # steps reach from it (weights 1/4, 1/2, 1), the same sums up to float rounding in
         # fewer passes over the lattice array (~15 % less time; three axes, 27 rows, take
-        # longer, and leaving the empty rows out of the bags costs more to build than it saves).
+        # longer). The bags then leave out the empty rows (about half their entries on VOC
+        # images: the lattice is sparse), which adds only zeros.
         half = torch.tensor([0.5, 0.5, 1.0], device=device)
         per_axis = []
         for axis in range(kernels[-1].lattice.weights.shape[0]):
@@ -141,14 +144,21 @@ class Filters:
             per_axis.append(bags)
         if reverse:
             per_axis.reverse()
+        empty = torch.zeros(rows, dtype=torch.bool, device=device)
+        empty[bases] = True
         blur = []
         for first in range(0, len(per_axis), 2):
             bags, weight = per_axis[first], half
             if first + 1 < len(per_axis):  # [i, (k, l)]: the l-th of the first step's bag of
                 then = per_axis[first + 1]  # the k-th row of the second step's bag of i
-                bags = bags.index_select(0, then.reshape(-1)).reshape(rows, 9)
+                bags = bags.index_select(0, then.reshape(-1)).reshape(rows, -1)
                 weight = (half[:, None] * half).reshape(-1)
-            blur.append(RowSums(bags, None, weight.repeat(rows, 1)))
+            present = ~empty.index_select(0, bags.reshape(-1))
+            counts = present.view(rows, -1).sum(1, dtype=index)
+            offsets = torch.cumsum(counts, 0, dtype=index).sub_(counts)  # bag starts
+            kept = _flat_nonzero(present)
+            bags = bags.reshape(-1).index_select(0, kept)
+            blur.append(RowSums(bags, offsets, weight.repeat(rows).index_select(0, kept)))
         return cls(splat=splat, blur=blur, slice=RowSums(slice_index, None, slice_weight))
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
@@ -165,6 +175,14 @@ class Filters:
             for step in self.blur:
                 lattice = step(lattice)
         return lattice
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The positions where a 1-D bool tensor is True, through numpy on the CPU (10x faster there
+    than `torch.nonzero`)."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask)[:, 0]
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
 
 
 def smoothness_kernel(
@@ -243,6 +261,8 @@ def mean_field(
             ),
             make_kernel(bilateral, float(np.float32(bi_w)), normalization),
         ]
+        # The filters give the messages in base 2 (weights times log2(e)), for `_iterate`'s exp2.
+        kernels = [replace(k, weight=k.weight * LOG2_E) for k in kernels]
         with record_function("crf.operator"):
             filters = Filters.build(kernels)
         del kernels
@@ -251,23 +271,27 @@ def mean_field(
 
 
 def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> torch.Tensor:
-    """`iterations` mean-field steps from Q = softmax(-U): Q <- softmax(-U + messages).
+    """`iterations` mean-field steps from Q = softmax(-U): Q <- softmax(-U + messages), with
+    `filters` giving the messages times log2(e).
 
     softmax(-U + m) is exp(m) softmax(-U) renormalised: an exp, a product and a row sum in place,
     cheaper than adding -U and a softmax over 21-long rows (whose row maxima cost as much as the
-    exp). The messages m are >= 0 (positive weights, values and filter), so each row sums to at
-    least its largest softmax(-U) share, never 0; they are small (<= the weights' sum per-pixel,
-    about 8 symmetric with the released ones), but weights large enough for exp(m) to overflow
-    make a row sum inf or NaN, and that iteration is redone as a softmax."""
+    exp); and exp(m) = exp2(m log2(e)), which torch computes about 3x faster on the CPU than exp
+    (the same values to float rounding). The messages m are >= 0 (positive weights, values and
+    filter), so each row sums to at least its largest softmax(-U) share, never 0; they are small
+    (<= the weights' sum per-pixel, about 8 symmetric with the released ones), but weights
+    large enough for exp(m) to overflow make a row sum inf or NaN, and that iteration is redone
+    as a softmax."""
     q, ones = unary_softmax, unary_softmax.new_ones(unary_softmax.shape[1], 1)
     for _ in range(iterations):
         x = filters(q)
         with record_function("crf.softmax"):
-            x = x.exp_().mul_(unary_softmax)
+            x = x.exp2_().mul_(unary_softmax)
             total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
             finite = bool(torch.isfinite(total.sum()))  # not when a row sum is inf or NaN
             if finite:
                 q = x.div_(total)
         if not finite:
-            q = torch.softmax(filters(q).add_(torch.log(unary_softmax)), 1)
+            messages = filters(q).mul_(LN_2)
+            q = torch.softmax(messages.add_(torch.log(unary_softmax)), 1)
     return q
