@@ -119,6 +119,14 @@ def _search_sorted(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Te
     return torch.from_numpy(np.searchsorted(sorted_keys.numpy(), queries.numpy()))
 
 
+def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """The positions where a 1-D bool tensor is True (int64), through numpy on the CPU: 10x
+    faster there than `torch.nonzero`."""
+    if mask.device.type != "cpu":
+        return torch.nonzero(mask)[:, 0]
+    return torch.from_numpy(np.flatnonzero(mask.numpy()))
+
+
 @dataclass
 class Lattice:
     """A built lattice over P points and M lattice points (row 0 of every lattice array is an
@@ -201,7 +209,7 @@ class Lattice:
         vertices = torch.empty(order.shape, dtype=index, device=device)
         vertices = vertices.scatter_(0, order, sorted_ids).reshape(d1, -1)
         del sorted_ids
-        value = bary.reshape(-1)[order]
+        value = bary.reshape(-1).index_select(0, order)
         col = order.remainder_(n).to(index)
         del order
         if bool(real.all()):
@@ -217,20 +225,26 @@ class Lattice:
         # points with remainder > 0 searched first, then those with remainder 0: each run of
         # targets is ascending, which makes the binary searches share their paths (faster).
         axis_step = d1 * torch.tensor(strides + [0], dtype=dtype, device=device)[:, None]
+        m = uniq.numel()
         at_zero = uniq % d1 == 0
-        runs = torch.cat([torch.nonzero(~at_zero)[:, 0], torch.nonzero(at_zero)[:, 0]])
-        target = uniq[runs] + torch.where(
-            at_zero[runs], axis_step + (d - d1 * sum(strides)), axis_step - 1
+        runs = torch.cat([flat_nonzero(~at_zero), flat_nonzero(at_zero)])
+        target = uniq.index_select(0, runs) + torch.where(
+            at_zero.index_select(0, runs), axis_step + (d - d1 * sum(strides)), axis_step - 1
         )
         target = target.reshape(-1)
-        pos = _search_sorted(uniq, target).clamp_max_(uniq.numel() - 1)
-        n1 = torch.empty(d1, uniq.numel(), dtype=torch.int64, device=device)
-        n1[:, runs] = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
-        neighbors = torch.zeros(d1, uniq.numel() + 1, 2, dtype=index, device=device)
+        pos = _search_sorted(uniq, target).clamp_max_(m - 1)
+        found = torch.where(uniq.index_select(0, pos) == target, pos + 1, 0).reshape(d1, -1)
+        n1 = torch.empty(d1, m, dtype=index, device=device).index_copy_(1, runs, found.to(index))
+        neighbors = torch.zeros(d1, m + 1, 2, dtype=index, device=device)
         neighbors[:, 1:, 0] = n1
-        # The reverse step needs no search: y = n1(x) exactly when x = n2(y).
-        axis, point = torch.nonzero(n1, as_tuple=True)
-        neighbors[axis, n1[axis, point], 1] = (point + 1).to(neighbors.dtype)
+        # The reverse step needs no search: y = n1(x) exactly when x = n2(y). Flat positions:
+        # x is point (p + 1) on axis j, y its n1; neighbors[j, y, 1] sits at 2 ((m + 1) j + y) + 1.
+        n1 = n1.reshape(-1)
+        present = flat_nonzero(n1 != 0)
+        axis = torch.div(present, m, rounding_mode="floor")
+        slot = (axis * (m + 1) + n1.index_select(0, present)) * 2 + 1
+        point = (present - axis * m + 1).to(index)
+        neighbors.view(-1).index_copy_(0, slot, point)
         alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-d)))
         return cls(
             vertices=vertices,
