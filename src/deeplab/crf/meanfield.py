@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from deeplab.crf.permutohedral import Lattice, flat_nonzero
+from deeplab.crf.fast_ops import flat_nonzero, transposed
+from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 LOG2_E, LN_2 = float(np.log2(np.e)), float(np.log(2.0))
@@ -104,26 +105,26 @@ class Filters:
         for k in kernels:
             lattice, value = k.lattice, k.lattice.splat_value
             if k.before is not None:
-                value = value * k.before[lattice.splat_col]
+                value = value * k.before.index_select(0, lattice.splat_col)
             counts.append(lattice.splat_counts)
             cols.append(lattice.splat_col)
             values.append(value)
         offsets = torch.cat(counts).cumsum(0, dtype=index)[:-1]
         splat = RowSums(torch.cat([c.to(index) for c in cols]), offsets, torch.cat(values))
 
-        # The slice, written straight into its (P, vertices of all kernels) layout.
+        # The slice (P, vertices of all kernels), built vertex-major and transposed once.
         device = kernels[0].lattice.weights.device
-        slice_index = torch.empty(points, per_point, dtype=index, device=device)
-        slice_weight = torch.empty(points, per_point, device=device)
-        first = 0
+        slice_index, slice_weight = [], []
         for k, base in zip(kernels, bases, strict=True):
-            last = first + k.lattice.weights.shape[0]
             w = k.lattice.weights * k.lattice.alpha  # densecrf's many-channel slice weight
             if k.after is not None:
                 w *= k.after
-            torch.mul(w.T, k.weight, out=slice_weight[:, first:last])
-            torch.add(k.lattice.vertices.T, base, out=slice_index[:, first:last])  # never absent
-            first = last
+            slice_weight.append(w.mul_(k.weight))
+            slice_index.append((k.lattice.vertices + base).to(index))  # never absent
+        slice_index, slice_weight = (
+            transposed(torch.cat(slice_index)),
+            transposed(torch.cat(slice_weight)),
+        )
 
         # Blur along each axis j in turn: row i <- i + (n1 + n2) / 2, n1 and n2 its neighbours
         # along j, absent ones being the kernel's empty row 0 (all of them for kernels without
@@ -236,7 +237,7 @@ def mean_field(
             scores = scores.div_(scores.sum(0))  # softmax(log p) = p / sum(p)
         else:
             scores = torch.softmax(scores, 0)
-        unary_softmax.append(scores.T.contiguous())
+        unary_softmax.append(transposed(scores))
         del scores
         sizes.append(h * w)
     # (P, C), labels last: each pixel's labels are contiguous
