@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from deeplab.crf import DenseCRF
+from deeplab.crf.fast_ops import flat_nonzero, search_sorted, transposed
 from deeplab.crf.meanfield import Filters, Kernel, bilateral_features
-from deeplab.crf.permutohedral import Lattice, _search_sorted
+from deeplab.crf.permutohedral import Lattice
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,9 +26,20 @@ def test_search_sorted_equals_torch_searchsorted():
     keys = torch.unique(torch.randint(0, 10_000, (3_000,), generator=g, dtype=torch.int32))
     queries = torch.randint(-5, 10_005, (5_000,), generator=g, dtype=torch.int32)
     queries = torch.cat([queries.sort().values, queries])  # an ascending run, then any order
-    got = _search_sorted(keys, queries)
+    got = search_sorted(keys, queries)
     assert got.dtype == torch.int64
     assert torch.equal(got, torch.searchsorted(keys, queries))
+
+
+def test_flat_nonzero_and_transposed_equal_torch():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(1_000, generator=g) < 0.3
+    assert torch.equal(flat_nonzero(mask), torch.nonzero(mask)[:, 0])
+    assert not bool(flat_nonzero(torch.zeros(5, dtype=torch.bool)).numel())
+    x = torch.randn(7, 1_000, generator=g)
+    got = transposed(x)
+    assert got.is_contiguous()
+    assert torch.equal(got, x.T)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
