@@ -61,9 +61,11 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     elevated[0] = running
 
     # Nearest remainder-0 point (rounded * (d+1)): round each coordinate / (d+1) half to even
-    # (SSE rounding).
-    rounded = torch.round(elevated * down)
-    diff = elevated - rounded * up
+    # (SSE rounding). rounded * up is exact (small integers), so subtracting it with alpha is
+    # elevated - rounded * up however the kernel fuses it. The (d+1, P) arrays are the build's
+    # bulk (Cityscapes size: 50 MB each), so each buffer is reused once its values are spent.
+    rounded = torch.mul(elevated, down).round_()
+    diff = torch.sub(elevated, rounded, alpha=up)
 
     # Rank of each coordinate of diff, with densecrf's tie rule: for i < j the pair counts toward
     # i when diff_i < diff_j, otherwise toward j. So rank_i starts at i (the pairs with j < i)
@@ -84,16 +86,18 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     rank = rank.long()
 
     # Barycentric weights: b[d - rank_i] += v_i, b[d - rank_i + 1] -= v_i, then wrap around.
-    v = (elevated - rounded * up) * down
-    by_rank = torch.empty_like(v).scatter_(0, rank, v)  # by_rank[r] = v of the rank-r coord
-    bary = torch.empty(d1, n, **f32)
-    bary[1:] = by_rank[:d].flip(0) - by_rank[1:].flip(0)
-    bary[0] = by_rank[d] + (1.0 - by_rank[0])
+    v = elevated.sub_(rounded, alpha=up).mul_(down)
+    by_rank = diff.scatter_(0, rank, v)  # by_rank[r] = v of the rank-r coord
+    bary = v
+    for i in range(1, d1):
+        torch.sub(by_rank[d - i], by_rank[d - i + 1], out=bary[i])
+    torch.add(by_rank[d], 1.0 - by_rank[0], out=bary[0])
     return rounded, rank, bary
 
 
 def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
-    """Packed key of each point's d+1 vertices (d+1, P), in the dtype of `strides`.
+    """Packed key of each point's d+1 vertices (d+1, P), in the dtype of `strides`; `rank` is
+    spent (overwritten).
 
     Vertex r's key is rem0 + r - (d+1) [rank > d - r] on every coordinate, so all its coordinates
     are r modulo d+1: the key packs as r + (d+1) code(q) with q = rounded - [rank > d - r]. The
@@ -103,12 +107,16 @@ def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
     d1, n = rank.shape
     d = d1 - 1
     dtype = strides.dtype
-    base = ((rounded[:d].to(dtype) - lo[:, None]) * strides[:, None]).sum(0, dtype=dtype)
-    base += first_code
+    base = first_code.clone()
+    for k in range(d):
+        base += rounded[k].to(dtype).sub_(lo[k]).mul_(strides[k])
     wrapped = base.new_zeros(d1 + 1, n)
-    wrapped.scatter_add_(0, d1 - rank[:d], strides[:, None].expand(d, n))
+    wrapped.scatter_add_(0, rank[:d].neg_().add_(d1), strides[:, None].expand(d, n))
+    codes = wrapped[:d1]
+    for r in range(1, d1):  # cumulative sum in place, then r + (d+1) (base - that)
+        codes[r] += codes[r - 1]
     r = torch.arange(d1, dtype=dtype, device=rank.device)[:, None]
-    return r + d1 * (base - wrapped[:d1].cumsum(0, dtype=dtype))
+    return codes.neg_().add_(base).mul_(d1).add_(r)
 
 
 @dataclass
