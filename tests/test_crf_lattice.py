@@ -71,7 +71,7 @@ def test_two_axis_blur_steps_equal_the_lattice_blur_axis_by_axis(reverse):
 
 
 def test_weights_beyond_exp_range_take_the_softmax_and_match_pydensecrf():
-    """Messages over ~88 overflow exp in float32: those iterations are redone as a softmax."""
+    """Messages over ~88 overflow exp in float32: those rows are redone as a softmax."""
     pytest.importorskip("pydensecrf")
     image, probs = small_case(2)
     kw = dict(pos_w=60.0, bi_w=60.0, normalization="per_pixel", iterations=3)

@@ -27,6 +27,7 @@ from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 LOG2_E, LN_2 = float(np.log2(np.e)), float(np.log(2.0))
+SLICE_CHUNK = 32768  # points per slice-and-softmax chunk on the CPU: ~2.6 MB of 21 labels
 
 
 @dataclass
@@ -73,6 +74,10 @@ class RowSums:
     def to(self, dtype: torch.dtype) -> "RowSums":
         """The same sums with the weights in `dtype` (embedding_bag wants the table's)."""
         return replace(self, weight=self.weight.to(dtype))
+
+    def rows(self, start: int, stop: int) -> "RowSums":
+        """The sums of output rows start..stop-1 only (fixed-size bags: views, no copies)."""
+        return replace(self, index=self.index[start:stop], weight=self.weight[start:stop])
 
 
 @dataclass
@@ -161,12 +166,6 @@ class Filters:
             bags = bags.reshape(-1).index_select(0, kept)
             blur.append(RowSums(bags, offsets, weight.repeat(rows).index_select(0, kept)))
         return cls(splat=splat, blur=blur, slice=RowSums(slice_index, None, slice_weight))
-
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """sum_k w_k normalised K_k q for q (P, C): splat, blur, slice."""
-        lattice = self.spread(q)
-        with record_function("crf.slice"):
-            return self.slice(lattice)
 
     def spread(self, q: torch.Tensor) -> torch.Tensor:
         """The lattice array of q (P, C): splat, then blur."""
@@ -273,18 +272,32 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
     (the same values to float rounding). The messages m are >= 0 (positive weights, values and
     filter), so each row sums to at least its largest softmax(-U) share, never 0; they are small
     (<= the weights' sum per-pixel, about 8 symmetric with the released ones), but weights
-    large enough for exp(m) to overflow make a row sum inf or NaN, and that iteration is redone
-    as a softmax."""
+    large enough for exp(m) to overflow make a row sum inf or NaN, and those rows are redone
+    as a softmax.
+
+    On the CPU the slice and softmax run SLICE_CHUNK points at a time into one Q buffer: the
+    chunk stays in cache through its four passes, and no (P, C) array is allocated per
+    iteration (the CPU allocator keeps none: a fresh one page-faults, which at Cityscapes size
+    cost more than the work). The sums are the same either way."""
+    points = unary_softmax.shape[0]
+    step = SLICE_CHUNK if unary_softmax.device.type == "cpu" else points
+    chunks = [(start, min(start + step, points)) for start in range(0, points, step)]
+    slices = [filters.slice.rows(start, stop) for start, stop in chunks]
     q, ones = unary_softmax, unary_softmax.new_ones(unary_softmax.shape[1], 1)
+    out = torch.empty_like(unary_softmax)
     for _ in range(iterations):
-        x = filters(q)
-        with record_function("crf.softmax"):
-            x = x.exp2_().mul_(unary_softmax)
-            total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
-            finite = bool(torch.isfinite(total.sum()))  # not when a row sum is inf or NaN
-            if finite:
-                q = x.div_(total)
-        if not finite:
-            messages = filters(q).mul_(LN_2)
-            q = torch.softmax(messages.add_(torch.log(unary_softmax)), 1)
+        lattice = filters.spread(q)  # q is spent here: its buffer may take the new Q
+        for (start, stop), part in zip(chunks, slices, strict=True):
+            with record_function("crf.slice"):
+                x = part(lattice)
+            with record_function("crf.softmax"):
+                unary = unary_softmax[start:stop]
+                x = x.exp2_().mul_(unary)
+                total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
+                if bool(torch.isfinite(total.sum())):  # not when a row sum is inf or NaN
+                    torch.div(x, total, out=out[start:stop])
+                else:
+                    messages = part(lattice).mul_(LN_2)
+                    out[start:stop] = torch.softmax(messages.add_(torch.log(unary)), 1)
+        q = out
     return q
