@@ -27,7 +27,7 @@ from deeplab.crf.permutohedral import Lattice
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 LOG2_E, LN_2 = float(np.log2(np.e)), float(np.log(2.0))
-SLICE_CHUNK = 32768  # points per slice-and-softmax chunk on the CPU: ~2.6 MB of 21 labels
+CHUNK = 32768  # rows per mean-field step on the CPU: 2.6 MB of 21 labels
 
 
 @dataclass
@@ -76,8 +76,21 @@ class RowSums:
         return replace(self, weight=self.weight.to(dtype))
 
     def rows(self, start: int, stop: int) -> "RowSums":
-        """The sums of output rows start..stop-1 only (fixed-size bags: views, no copies)."""
-        return replace(self, index=self.index[start:stop], weight=self.weight[start:stop])
+        """The sums of output rows start..stop-1 only (views of the index and weights)."""
+        if self.offsets is None:
+            return replace(self, index=self.index[start:stop], weight=self.weight[start:stop])
+        first = int(self.offsets[start])
+        last = int(self.offsets[stop]) if stop < self.offsets.numel() else self.index.numel()
+        part = slice(first, last)
+        return RowSums(self.index[part], self.offsets[start:stop] - first, self.weight[part])
+
+    def chunks(self, size: int) -> list[tuple[int, int, "RowSums"]]:
+        """(start, stop, the sums of those rows) for runs of `size` output rows."""
+        rows = self.index.shape[0] if self.offsets is None else self.offsets.numel()
+        return [
+            (start, min(start + size, rows), self.rows(start, min(start + size, rows)))
+            for start in range(0, rows, size)
+        ]
 
 
 @dataclass
@@ -275,19 +288,24 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
     large enough for exp(m) to overflow make a row sum inf or NaN, and those rows are redone
     as a softmax.
 
-    On the CPU the slice and softmax run SLICE_CHUNK points at a time into one Q buffer: the
-    chunk stays in cache through its four passes, and no (P, C) array is allocated per
-    iteration (the CPU allocator keeps none: a fresh one page-faults, which at Cityscapes size
-    cost more than the work). The sums are the same either way."""
-    points = unary_softmax.shape[0]
-    step = SLICE_CHUNK if unary_softmax.device.type == "cpu" else points
-    chunks = [(start, min(start + step, points)) for start in range(0, points, step)]
-    slices = [filters.slice.rows(start, stop) for start, stop in chunks]
-    q, ones = unary_softmax, unary_softmax.new_ones(unary_softmax.shape[1], 1)
-    out = torch.empty_like(unary_softmax)
+    On the CPU every step runs CHUNK rows at a time into buffers kept across iterations (two
+    lattice arrays, one Q): torch's CPU allocator caches nothing, so a fresh array per step
+    page-faults, which at Cityscapes size costs as much as the sums; and the slice's chunk stays
+    in cache through the softmax's passes. The sums are the same either way."""
+    points, labels = unary_softmax.shape
+    rows = filters.splat.offsets.numel()
+    chunk = CHUNK if unary_softmax.device.type == "cpu" else max(points, rows)
+    splat, slices = filters.splat.chunks(chunk), filters.slice.chunks(chunk)
+    blur = [step.chunks(chunk) for step in filters.blur]
+    buffers = [unary_softmax.new_empty(rows, labels) for _ in range(2)]
+    q, out, ones = unary_softmax, torch.empty_like(unary_softmax), unary_softmax.new_ones(labels, 1)
     for _ in range(iterations):
-        lattice = filters.spread(q)  # q is spent here: its buffer may take the new Q
-        for (start, stop), part in zip(chunks, slices, strict=True):
+        with record_function("crf.splat"):
+            lattice = _sums(splat, q, buffers[0])  # q is spent here: its buffer takes the new Q
+        with record_function("crf.blur"):
+            for step in blur:
+                lattice = _sums(step, lattice, buffers[lattice is buffers[0]])
+        for start, stop, part in slices:
             with record_function("crf.slice"):
                 x = part(lattice)
             with record_function("crf.softmax"):
@@ -301,3 +319,12 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
                     out[start:stop] = torch.softmax(messages.add_(torch.log(unary)), 1)
         q = out
     return q
+
+
+def _sums(parts: list[tuple[int, int, RowSums]], table: torch.Tensor, out: torch.Tensor):
+    """The row sums chunk by chunk into `out` (one chunk: the sums as computed)."""
+    if len(parts) == 1:
+        return parts[0][2](table)
+    for start, stop, part in parts:
+        out[start:stop] = part(table)
+    return out
