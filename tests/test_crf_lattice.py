@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeplab.crf import DenseCRF
+from deeplab.crf import DenseCRF, meanfield
 from deeplab.crf.fast_ops import flat_nonzero, search_sorted, transposed
 from deeplab.crf.meanfield import Filters, Kernel, bilateral_features
 from deeplab.crf.permutohedral import Lattice
@@ -79,3 +79,17 @@ def test_weights_beyond_exp_range_take_the_softmax_and_match_pydensecrf():
     port = DenseCRF(backend="torch", **kw)(image, probs)
     assert np.isfinite(port).all()
     assert np.abs(ref - port).max() < 1e-4
+
+
+@pytest.mark.parametrize("weights", [{}, {"pos_w": 60.0, "bi_w": 60.0}])
+def test_mean_field_steps_by_chunks_give_the_one_chunk_result(monkeypatch, weights):
+    """On the CPU every mean-field step runs `CHUNK` rows at a time into kept buffers: the same
+    result as one chunk to float rounding (the vectorised softmax passes round the rows at a
+    chunk's edge apart), also where weights beyond exp's range redo chunks as a softmax."""
+    image, probs = small_case(3)
+    crf = DenseCRF(backend="torch", normalization="per_pixel", iterations=3, **weights)
+    whole = crf(image, probs)
+    monkeypatch.setattr(meanfield, "CHUNK", 97)  # ~17 point chunks, several lattice ones
+    chunked = crf(image, probs)
+    assert np.isfinite(chunked).all()
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-5)

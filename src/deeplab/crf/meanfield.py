@@ -291,14 +291,18 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
     On the CPU every step runs CHUNK rows at a time into buffers kept across iterations (two
     lattice arrays, one Q): torch's CPU allocator caches nothing, so a fresh array per step
     page-faults, which at Cityscapes size costs as much as the sums; and the slice's chunk stays
-    in cache through the softmax's passes. The sums are the same either way."""
+    in cache through the softmax's passes. The sums are the same either way, the softmax's
+    vectorised passes may round the rows at a chunk's edge 1 ulp apart."""
     points, labels = unary_softmax.shape
     rows = filters.splat.offsets.numel()
     chunk = CHUNK if unary_softmax.device.type == "cpu" else max(points, rows)
     splat, slices = filters.splat.chunks(chunk), filters.slice.chunks(chunk)
     blur = [step.chunks(chunk) for step in filters.blur]
-    buffers = [unary_softmax.new_empty(rows, labels) for _ in range(2)]
-    q, out, ones = unary_softmax, torch.empty_like(unary_softmax), unary_softmax.new_ones(labels, 1)
+    # Buffers only where steps run in chunks (one chunk, e.g. on a GPU: fresh arrays, in place).
+    lattice_chunked, points_chunked = len(splat) > 1, len(slices) > 1
+    buffers = [unary_softmax.new_empty(rows, labels) if lattice_chunked else None for _ in "ab"]
+    out = torch.empty_like(unary_softmax) if points_chunked else None
+    q, ones = unary_softmax, unary_softmax.new_ones(labels, 1)
     for _ in range(iterations):
         with record_function("crf.splat"):
             lattice = _sums(splat, q, buffers[0])  # q is spent here: its buffer takes the new Q
@@ -310,18 +314,19 @@ def _iterate(filters: Filters, unary_softmax: torch.Tensor, iterations: int) -> 
                 x = part(lattice)
             with record_function("crf.softmax"):
                 unary = unary_softmax[start:stop]
+                target = x if out is None else out[start:stop]
                 x = x.exp2_().mul_(unary)
                 total = x @ ones  # row sums: a matrix product is twice as fast as sum(1) over 21
                 if bool(torch.isfinite(total.sum())):  # not when a row sum is inf or NaN
-                    torch.div(x, total, out=out[start:stop])
+                    torch.div(x, total, out=target)
                 else:
                     messages = part(lattice).mul_(LN_2)
-                    out[start:stop] = torch.softmax(messages.add_(torch.log(unary)), 1)
-        q = out
+                    target.copy_(torch.softmax(messages.add_(torch.log(unary)), 1))
+        q = target if out is None else out
     return q
 
 
-def _sums(parts: list[tuple[int, int, RowSums]], table: torch.Tensor, out: torch.Tensor):
+def _sums(parts: list[tuple[int, int, RowSums]], table: torch.Tensor, out: torch.Tensor | None):
     """The row sums chunk by chunk into `out` (one chunk: the sums as computed)."""
     if len(parts) == 1:
         return parts[0][2](table)
