@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from deeplab.crf import DenseCRF
+from deeplab.crf import DenseCRF, meanfield
+from deeplab.crf.fast_ops import flat_nonzero, search_sorted, transposed
 from deeplab.crf.meanfield import Filters, Kernel, bilateral_features
-from deeplab.crf.permutohedral import Lattice, _search_sorted
+from deeplab.crf.permutohedral import Lattice
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,9 +26,20 @@ def test_search_sorted_equals_torch_searchsorted():
     keys = torch.unique(torch.randint(0, 10_000, (3_000,), generator=g, dtype=torch.int32))
     queries = torch.randint(-5, 10_005, (5_000,), generator=g, dtype=torch.int32)
     queries = torch.cat([queries.sort().values, queries])  # an ascending run, then any order
-    got = _search_sorted(keys, queries)
+    got = search_sorted(keys, queries)
     assert got.dtype == torch.int64
     assert torch.equal(got, torch.searchsorted(keys, queries))
+
+
+def test_flat_nonzero_and_transposed_equal_torch():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(1_000, generator=g) < 0.3
+    assert torch.equal(flat_nonzero(mask), torch.nonzero(mask)[:, 0])
+    assert not bool(flat_nonzero(torch.zeros(5, dtype=torch.bool)).numel())
+    x = torch.randn(7, 1_000, generator=g)
+    got = transposed(x)
+    assert got.is_contiguous()
+    assert torch.equal(got, x.T)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -59,7 +71,7 @@ def test_two_axis_blur_steps_equal_the_lattice_blur_axis_by_axis(reverse):
 
 
 def test_weights_beyond_exp_range_take_the_softmax_and_match_pydensecrf():
-    """Messages over ~88 overflow exp in float32: those iterations are redone as a softmax."""
+    """Messages over ~88 overflow exp in float32: those rows are redone as a softmax."""
     pytest.importorskip("pydensecrf")
     image, probs = small_case(2)
     kw = dict(pos_w=60.0, bi_w=60.0, normalization="per_pixel", iterations=3)
@@ -67,3 +79,17 @@ def test_weights_beyond_exp_range_take_the_softmax_and_match_pydensecrf():
     port = DenseCRF(backend="torch", **kw)(image, probs)
     assert np.isfinite(port).all()
     assert np.abs(ref - port).max() < 1e-4
+
+
+@pytest.mark.parametrize("weights", [{}, {"pos_w": 60.0, "bi_w": 60.0}])
+def test_mean_field_steps_by_chunks_give_the_one_chunk_result(monkeypatch, weights):
+    """On the CPU every mean-field step runs `CHUNK` rows at a time into kept buffers: the same
+    result as one chunk to float rounding (the vectorised softmax passes round the rows at a
+    chunk's edge apart), also where weights beyond exp's range redo chunks as a softmax."""
+    image, probs = small_case(3)
+    crf = DenseCRF(backend="torch", normalization="per_pixel", iterations=3, **weights)
+    whole = crf(image, probs)
+    monkeypatch.setattr(meanfield, "CHUNK", 97)  # ~17 point chunks, several lattice ones
+    chunked = crf(image, probs)
+    assert np.isfinite(chunked).all()
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-5)

@@ -289,14 +289,14 @@ class CRFRNN(nn.Module):
             kernels = self._kernels(images, dtype)
             weights = torch.stack([self.pos_w, self.bi_w]).to(dtype)
             compatibility_t = self.compatibility.to(dtype).T
-            q = torch.softmax(neg_unary, 1)
+            q = _label_softmax(neg_unary)
             for _ in range(self.steps):
                 if weights.ndim == 1:
                     messages = kernels(q, weights)
                 else:  # sum_k m_k W_k^T: label l's message mixes kernel k's messages of all l'
                     messages = (kernels.each(q) @ weights.transpose(1, 2)).sum(0)
                 scores = torch.addmm(neg_unary, messages, compatibility_t, alpha=-1)
-                q = torch.softmax(scores, 1)
+                q = _label_softmax(scores)
             if self.log_output_scale is not None:
                 scores = scores * self.log_output_scale.to(dtype).exp()
             return scores.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
@@ -327,6 +327,38 @@ class CRFRNN(nn.Module):
             )
         if images.device != logits.device:
             raise ValueError(f"CRFRNN: images on {images.device}, logits on {logits.device}")
+
+
+SHORT_LABEL_DIM = 16  # one AVX-512 vector of float32
+
+
+def _label_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """softmax over the labels of (P, C) scores. Torch's CPU softmax vectorises along the label
+    dim: with fewer labels than one vector it runs ~5x slower (7 labels, forward and backward)
+    than along the pixels of the transposed view, with 21 labels ~2x faster."""
+    if scores.shape[1] < SHORT_LABEL_DIM:
+        return _LabelSoftmax.apply(scores)
+    return torch.softmax(scores, 1)
+
+
+class _LabelSoftmax(torch.autograd.Function):
+    """softmax over the labels of (P, C) scores along the pixels of the transposed view
+    (the values agree with `torch.softmax(scores, 1)` to rounding), contiguous; its backward,
+    q * (g - sum(g q)), keeps only the output, the same map the filtering keeps."""
+
+    @staticmethod
+    def forward(ctx, scores):
+        q = torch.softmax(scores.T, 0).T.contiguous()
+        ctx.save_for_backward(q)
+        return q
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (q,) = ctx.saved_tensors
+        grad_q = grad * q
+        row_sums = grad_q @ q.new_ones(q.shape[1], 1)  # a matrix product beats sum(1) here
+        return grad_q.sub_(q * row_sums)
 
 
 class WithCRFRNN(nn.Module):

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deeplab.crf.fast_ops import flat_nonzero, search_sorted
 from deeplab.runtime.errors import UserError
 
 # densecrf's SSE path elevates 4 points at a time and pads the last block with zero features;
@@ -60,9 +61,11 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     elevated[0] = running
 
     # Nearest remainder-0 point (rounded * (d+1)): round each coordinate / (d+1) half to even
-    # (SSE rounding).
-    rounded = torch.round(elevated * down)
-    diff = elevated - rounded * up
+    # (SSE rounding). rounded * up is exact (small integers), so subtracting it with alpha is
+    # elevated - rounded * up however the kernel fuses it. The (d+1, P) arrays are the build's
+    # bulk (Cityscapes size: 50 MB each), so each buffer is reused once its values are spent.
+    rounded = torch.mul(elevated, down).round_()
+    diff = torch.sub(elevated, rounded, alpha=up)
 
     # Rank of each coordinate of diff, with densecrf's tie rule: for i < j the pair counts toward
     # i when diff_i < diff_j, otherwise toward j. So rank_i starts at i (the pairs with j < i)
@@ -83,16 +86,18 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     rank = rank.long()
 
     # Barycentric weights: b[d - rank_i] += v_i, b[d - rank_i + 1] -= v_i, then wrap around.
-    v = (elevated - rounded * up) * down
-    by_rank = torch.empty_like(v).scatter_(0, rank, v)  # by_rank[r] = v of the rank-r coord
-    bary = torch.empty(d1, n, **f32)
-    bary[1:] = by_rank[:d].flip(0) - by_rank[1:].flip(0)
-    bary[0] = by_rank[d] + (1.0 - by_rank[0])
+    v = elevated.sub_(rounded, alpha=up).mul_(down)
+    by_rank = diff.scatter_(0, rank, v)  # by_rank[r] = v of the rank-r coord
+    bary = v
+    for i in range(1, d1):
+        torch.sub(by_rank[d - i], by_rank[d - i + 1], out=bary[i])
+    torch.add(by_rank[d], 1.0 - by_rank[0], out=bary[0])
     return rounded, rank, bary
 
 
 def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
-    """Packed key of each point's d+1 vertices (d+1, P), in the dtype of `strides`.
+    """Packed key of each point's d+1 vertices (d+1, P), in the dtype of `strides`; `rank` is
+    spent (overwritten).
 
     Vertex r's key is rem0 + r - (d+1) [rank > d - r] on every coordinate, so all its coordinates
     are r modulo d+1: the key packs as r + (d+1) code(q) with q = rounded - [rank > d - r]. The
@@ -102,21 +107,16 @@ def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
     d1, n = rank.shape
     d = d1 - 1
     dtype = strides.dtype
-    base = ((rounded[:d].to(dtype) - lo[:, None]) * strides[:, None]).sum(0, dtype=dtype)
-    base += first_code
+    base = first_code.clone()
+    for k in range(d):
+        base += rounded[k].to(dtype).sub_(lo[k]).mul_(strides[k])
     wrapped = base.new_zeros(d1 + 1, n)
-    wrapped.scatter_add_(0, d1 - rank[:d], strides[:, None].expand(d, n))
+    wrapped.scatter_add_(0, rank[:d].neg_().add_(d1), strides[:, None].expand(d, n))
+    codes = wrapped[:d1]
+    for r in range(1, d1):  # cumulative sum in place, then r + (d+1) (base - that)
+        codes[r] += codes[r - 1]
     r = torch.arange(d1, dtype=dtype, device=rank.device)[:, None]
-    return r + d1 * (base - wrapped[:d1].cumsum(0, dtype=dtype))
-
-
-def _search_sorted(sorted_keys: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """`torch.searchsorted(sorted_keys, queries)`, through numpy on the CPU: for ascending runs
-    of queries numpy starts each binary search from the previous answer, which makes the blur
-    neighbour lookup 5-10x faster there than torch's search (a full one per query)."""
-    if queries.device.type != "cpu":
-        return torch.searchsorted(sorted_keys, queries)
-    return torch.from_numpy(np.searchsorted(sorted_keys.numpy(), queries.numpy()))
+    return codes.neg_().add_(base).mul_(d1).add_(r)
 
 
 @dataclass
@@ -201,7 +201,7 @@ class Lattice:
         vertices = torch.empty(order.shape, dtype=index, device=device)
         vertices = vertices.scatter_(0, order, sorted_ids).reshape(d1, -1)
         del sorted_ids
-        value = bary.reshape(-1)[order]
+        value = bary.reshape(-1).index_select(0, order)
         col = order.remainder_(n).to(index)
         del order
         if bool(real.all()):
@@ -217,20 +217,26 @@ class Lattice:
         # points with remainder > 0 searched first, then those with remainder 0: each run of
         # targets is ascending, which makes the binary searches share their paths (faster).
         axis_step = d1 * torch.tensor(strides + [0], dtype=dtype, device=device)[:, None]
+        m = uniq.numel()
         at_zero = uniq % d1 == 0
-        runs = torch.cat([torch.nonzero(~at_zero)[:, 0], torch.nonzero(at_zero)[:, 0]])
-        target = uniq[runs] + torch.where(
-            at_zero[runs], axis_step + (d - d1 * sum(strides)), axis_step - 1
+        runs = torch.cat([flat_nonzero(~at_zero), flat_nonzero(at_zero)])
+        target = uniq.index_select(0, runs) + torch.where(
+            at_zero.index_select(0, runs), axis_step + (d - d1 * sum(strides)), axis_step - 1
         )
         target = target.reshape(-1)
-        pos = _search_sorted(uniq, target).clamp_max_(uniq.numel() - 1)
-        n1 = torch.empty(d1, uniq.numel(), dtype=torch.int64, device=device)
-        n1[:, runs] = torch.where(uniq[pos] == target, pos + 1, 0).reshape(d1, -1)
-        neighbors = torch.zeros(d1, uniq.numel() + 1, 2, dtype=index, device=device)
+        pos = search_sorted(uniq, target).clamp_max_(m - 1)
+        found = torch.where(uniq.index_select(0, pos) == target, pos + 1, 0).reshape(d1, -1)
+        n1 = torch.empty(d1, m, dtype=index, device=device).index_copy_(1, runs, found.to(index))
+        neighbors = torch.zeros(d1, m + 1, 2, dtype=index, device=device)
         neighbors[:, 1:, 0] = n1
-        # The reverse step needs no search: y = n1(x) exactly when x = n2(y).
-        axis, point = torch.nonzero(n1, as_tuple=True)
-        neighbors[axis, n1[axis, point], 1] = (point + 1).to(neighbors.dtype)
+        # The reverse step needs no search: y = n1(x) exactly when x = n2(y). Flat positions:
+        # x is point (p + 1) on axis j, y its n1; neighbors[j, y, 1] sits at 2 ((m + 1) j + y) + 1.
+        n1 = n1.reshape(-1)
+        present = flat_nonzero(n1 != 0)
+        axis = torch.div(present, m, rounding_mode="floor")
+        slot = (axis * (m + 1) + n1.index_select(0, present)) * 2 + 1
+        point = (present - axis * m + 1).to(index)
+        neighbors.view(-1).index_copy_(0, slot, point)
         alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-d)))
         return cls(
             vertices=vertices,
@@ -255,4 +261,5 @@ class Lattice:
         lattice = values.new_zeros(self.size, 1)
         lattice[:, 0].index_add_(0, self.vertices.reshape(-1), (self.weights * values).reshape(-1))
         lattice = self.blur(lattice)[:, 0]
-        return ((self.weights * lattice[self.vertices]) * self.alpha).sum(0)
+        at_vertices = lattice.index_select(0, self.vertices.reshape(-1)).view_as(self.weights)
+        return ((self.weights * at_vertices) * self.alpha).sum(0)
