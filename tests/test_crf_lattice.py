@@ -83,13 +83,17 @@ def test_weights_beyond_exp_range_take_the_softmax_and_match_pydensecrf():
 
 @pytest.mark.parametrize("weights", [{}, {"pos_w": 60.0, "bi_w": 60.0}])
 def test_mean_field_steps_by_chunks_give_the_one_chunk_result(monkeypatch, weights):
-    """On the CPU every mean-field step runs `CHUNK` rows at a time into kept buffers: the same
-    result as one chunk to float rounding (the vectorised softmax passes round the rows at a
-    chunk's edge apart), also where weights beyond exp's range redo chunks as a softmax."""
+    """On the CPU a mean-field step over an array above glibc's largest mmap threshold runs
+    `CHUNK` rows at a time into kept buffers: the same result as one chunk to float rounding
+    (the vectorised softmax passes round the rows at a chunk's edge apart), also where weights
+    beyond exp's range redo chunks as a softmax. Smaller arrays take one chunk."""
     image, probs = small_case(3)
     crf = DenseCRF(backend="torch", normalization="per_pixel", iterations=3, **weights)
     whole = crf(image, probs)
-    monkeypatch.setattr(meanfield, "CHUNK", 97)  # ~17 point chunks, several lattice ones
+    assert not meanfield._page_faults(2**18, 21, torch.zeros(1))  # 21 MiB: one chunk
+    assert meanfield._page_faults(2**18, 21, torch.zeros(1, dtype=torch.float64))  # 42 MiB
+    monkeypatch.setattr(meanfield, "MMAP_THRESHOLD_MAX", 0)  # every array "large"...
+    monkeypatch.setattr(meanfield, "CHUNK", 97)  # ... in ~17 point chunks, several lattice ones
     chunked = crf(image, probs)
     assert np.isfinite(chunked).all()
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-5)
