@@ -214,6 +214,7 @@ def build_module(
     crf = instantiate(cfg.crf) if cfg.get("crf") else None
     optim = dict(cfg.get("optim") or {})
     optim["optimizer"] = optim.pop("name", "sgd")
+    loss = cfg.get("loss") or {}
     return SegmentationModule(
         net,
         datamodule.class_names,
@@ -227,8 +228,8 @@ def build_module(
         model_config=model_config(cfg),
         run_overrides=rebuild_overrides(cfg, run_dir),
         palette=datamodule.palette,
-        net_loss_weight=(cfg.get("loss") or {}).get("crf_rnn_aux_weight", 0.0),
-        layer_loss=(cfg.get("loss") or {}).get("crf_rnn_loss", "cross_entropy"),
+        net_loss_weight=loss.get("crf_rnn_aux_weight", 0.0),
+        layer_loss=loss.get("crf_rnn_loss", "cross_entropy"),
         **optim,
         **kwargs,
     )
