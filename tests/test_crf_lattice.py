@@ -1,6 +1,10 @@
 """The torch lattice's fast paths against the plain computations they replace, and against
 pydensecrf where a setting takes the other path."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +44,26 @@ def test_flat_nonzero_and_transposed_equal_torch():
     got = transposed(x)
     assert got.is_contiguous()
     assert torch.equal(got, x.T)
+    y = torch.randn(1_000, 7, generator=g).T  # its transpose is contiguous: still a copy
+    before = y.clone()
+    got = transposed(y)
+    assert torch.equal(got, y.T)
+    got += 1
+    assert torch.equal(y, before)
+
+
+@pytest.mark.parametrize("kind", ["probs", "logits"])
+def test_mean_field_leaves_the_callers_scores_as_they_were(kind):
+    """The unary is worked on in place in a copy: not in the caller's array, whatever its
+    memory layout (here one whose (C, H*W) transpose is contiguous, channels last)."""
+    image, probs = small_case(classes=4)
+    scores = torch.from_numpy(np.ascontiguousarray(probs.transpose(1, 2, 0))).permute(2, 0, 1)
+    if kind == "logits":
+        scores = scores.log()
+    before = scores.clone()
+    crf = DenseCRF(backend="torch", iterations=2)
+    crf(torch.from_numpy(image), scores, kind=kind)
+    assert torch.equal(scores, before)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -97,3 +121,17 @@ def test_mean_field_steps_by_chunks_give_the_one_chunk_result(monkeypatch, weigh
     chunked = crf(image, probs)
     assert np.isfinite(chunked).all()
     np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("caller", [None, "0"])
+def test_importing_the_package_asks_torch_for_huge_pages_unless_the_caller_said(caller):
+    """`import deeplab` sets THP_MEM_ALLOC_ENABLE=1 for torch's CPU allocator, before anything
+    allocates; a value the caller exported wins (docs/crf.md, Speed)."""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if caller is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = caller
+    code = "import os, deeplab; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == (caller or "1")

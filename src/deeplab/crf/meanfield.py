@@ -146,26 +146,26 @@ class Filters:
         )
 
         # Blur along each axis j in turn: row i <- i + (n1 + n2) / 2, n1 and n2 its neighbours
-        # along j, absent ones being the kernel's empty row 0 (all of them for kernels without
-        # the axis and for empty rows). Two axes make one step: row i sums the 9 rows two axis
-        # steps reach from it (weights 1/4, 1/2, 1), the same sums up to float rounding in
-        # fewer passes over the lattice array (~15 % less time; three axes, 27 rows, take
-        # longer). The bags then leave out the empty rows (about half their entries on VOC
+        # along j; absent ones (all of them for kernels without the axis) point to row 0, the
+        # first kernel's empty row, which stays zero. Two axes make one step: row i sums the 9
+        # rows two axis steps reach from it (weights 1/4, 1/2, 1), the same sums up to float
+        # rounding in fewer passes over the lattice array (~15 % less time; three axes, 27
+        # rows, take longer). The bags then leave out row 0 (about half their entries on VOC
         # images: the lattice is sparse), which adds only zeros.
         half = torch.tensor([0.5, 0.5, 1.0], device=device)
+        self_rows = torch.arange(rows, dtype=index, device=device)[:, None]
         per_axis = []
         for axis in range(kernels[-1].lattice.weights.shape[0]):
-            bags = torch.zeros(rows, 3, dtype=index, device=device)
-            bags[:, 2] = torch.arange(rows, device=device)
+            pairs = []
             for k, base in zip(kernels, bases, strict=True):
-                bags[base : base + k.lattice.size, :2] = base
-                if axis < k.lattice.weights.shape[0]:
-                    bags[base : base + k.lattice.size, :2] += k.lattice.neighbors[axis]
-            per_axis.append(bags)
+                if axis >= k.lattice.weights.shape[0]:
+                    pairs.append(torch.zeros(k.lattice.size, 2, dtype=index, device=device))
+                    continue
+                n = k.lattice.neighbors[axis].to(index)
+                pairs.append(torch.where(n != 0, n + base, 0) if base else n)
+            per_axis.append(torch.cat([torch.cat(pairs), self_rows], 1))
         if reverse:
             per_axis.reverse()
-        empty = torch.zeros(rows, dtype=torch.bool, device=device)
-        empty[bases] = True
         blur = []
         for first in range(0, len(per_axis), 2):
             bags, weight = per_axis[first], half
@@ -173,10 +173,10 @@ class Filters:
                 then = per_axis[first + 1]  # the k-th row of the second step's bag of i
                 bags = bags.index_select(0, then.reshape(-1)).reshape(rows, -1)
                 weight = (half[:, None] * half).reshape(-1)
-            present = ~empty.index_select(0, bags.reshape(-1))
-            counts = present.view(rows, -1).sum(1, dtype=index)
+            present = bags != 0
+            counts = present.sum(1, dtype=index)
             offsets = torch.cumsum(counts, 0, dtype=index).sub_(counts)  # bag starts
-            kept = flat_nonzero(present)
+            kept = flat_nonzero(present.reshape(-1))
             bags = bags.reshape(-1).index_select(0, kept)
             blur.append(RowSums(bags, offsets, weight.repeat(rows).index_select(0, kept)))
         return cls(splat=splat, blur=blur, slice=RowSums(slice_index, None, slice_weight))
@@ -244,13 +244,12 @@ def mean_field(
     for image, p in zip(images, probs, strict=True):
         c, h, w = p.shape
         bilateral.append(bilateral_features(image, bi_xy_std, bi_rgb_std))
-        scores = p.reshape(c, -1)  # softmax over the labels in this layout: contiguous pixels
-        if kind == "probs":
-            scores = scores.clamp(UNARY_CLIP, 1.0)
-            scores = scores.div_(scores.sum(0))  # softmax(log p) = p / sum(p)
+        scores = transposed(p.reshape(c, -1))  # (P, C): a copy, worked on in place
+        if kind == "probs":  # softmax(log p) = p / sum(p); row sums as in `_iterate`
+            scores = scores.clamp_(UNARY_CLIP, 1.0)
+            unary_softmax.append(scores.div_(scores @ scores.new_ones(c, 1)))
         else:
-            scores = torch.softmax(scores, 0)
-        unary_softmax.append(transposed(scores))
+            unary_softmax.append(torch.softmax(scores, 1))
         del scores
         sizes.append(h * w)
     # (P, C), labels last: each pixel's labels are contiguous
