@@ -135,3 +135,23 @@ def test_importing_the_package_asks_torch_for_huge_pages_unless_the_caller_said(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == (caller or "1")
+
+
+@pytest.mark.parametrize("rgb_std", [60.0, 1.0])  # keys packed in int32 / needing int64
+def test_lattices_built_per_image_and_stacked_equal_one_lattice_of_the_batch(rgb_std):
+    """`Lattice.build` numbers several images with shared keys, or (int64 keys) each alone and
+    stacks them: either way the same lattice as the shared keys give."""
+    from deeplab.crf.permutohedral import _KeyLayout, _Simplices
+
+    features = [
+        bilateral_features(torch.from_numpy(small_case(seed, size)[0]), 20.0, rgb_std)
+        for seed, size in ((0, (37, 45)), (1, (20, 31)), (2, (37, 45)))
+    ]
+    simplices = [_Simplices.of(f) for f in features]
+    assert (_KeyLayout.of(simplices).dtype == torch.int64) == (rgb_std < 10)
+    shared = Lattice._from_simplices(simplices)
+    for got in (Lattice.build(features), Lattice.stack([Lattice.build([f]) for f in features])):
+        for field in ("vertices", "weights", "neighbors", "splat_counts", "splat_col"):
+            assert torch.equal(getattr(got, field), getattr(shared, field)), field
+        assert torch.equal(got.splat_value, shared.splat_value)
+        assert got.alpha == shared.alpha

@@ -162,7 +162,7 @@ class Filters:
                     pairs.append(torch.zeros(k.lattice.size, 2, dtype=index, device=device))
                     continue
                 n = k.lattice.neighbors[axis].to(index)
-                pairs.append(torch.where(n != 0, n + base, 0) if base else n)
+                pairs.append(torch.add(n, n.sign(), alpha=base))  # absent (0) stays 0
             per_axis.append(torch.cat([torch.cat(pairs), self_rows], 1))
         if reverse:
             per_axis.reverse()
