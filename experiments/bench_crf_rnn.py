@@ -14,9 +14,10 @@ process CPU time, the steadier of the two on a shared machine), then averaged ov
   untrained layer's labels equal the torch post-hoc CRF's.
 
 Then the training step of the CPU demo (`experiment=demo`: the narrow LargeFOV, a batch of 8
-synthetic 128 x 128 images, 7 labels, AdamW) with and without a CRF-RNN layer after it (5
-iterations, `crf=synthetic`'s kernels), interleaved, minimum of `--repeats`: forward, loss on the
-labels, backward and the optimizer step. The goal: the layer at most doubles the step.
+synthetic 128 x 128 images, 7 labels, AdamW) with and without the CRF-RNN layer `crf_rnn=on`
+puts after it (5 training iterations, `crf=synthetic`'s kernels), interleaved, minimum of
+`--repeats`: forward, loss on the labels, backward and the optimizer step; then where one step
+with the layer goes, stage by stage (the labels `experiments/profile_crf.py` reads).
 
 Prints markdown tables (wall, CPU) and writes JSON:
 
@@ -36,6 +37,7 @@ import torch
 from bench_crf import make_input  # this folder: the same real-image inputs as the CRF bench
 
 SIZE, CLASSES = 321, 21
+STAGES = ("lattice", "normalisation", "operator", "splat", "blur", "slice")  # profile_crf.py's
 SETTING = dict(normalization="per_pixel")  # the rest: the released VGG-16 setting (defaults)
 
 
@@ -174,7 +176,30 @@ def demo_step(repeats: int) -> dict:
             step(net, optimizer)
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             best[name] = [min(best[name][0], 1000 * wall), min(best[name][1], 1000 * cpu)]
-    return {"batch": int(cfg.data.batch_size), "iterations": layer.iterations, "ms": best}
+    stages = step_stages(lambda: step(*models["network + CRF-RNN"]))
+    return {
+        "batch": int(cfg.data.batch_size),
+        "iterations": layer.iterations,
+        "ms": best,
+        "stages": stages,
+    }
+
+
+def step_stages(step) -> dict:
+    """Process CPU ms per stage of one training step with the layer, as `profile_crf.py` splits
+    a post-hoc refinement: the layer's labelled stages (`crf.*`, forward and backward together)
+    by their share of the profiled time, the rest (network, loss, optimizer, softmaxes) apart."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        wall_us = 1e6 * (time.perf_counter() - start)
+        total = 1000 * (time.process_time() - cpu_start)
+    stages = dict.fromkeys(STAGES, 0.0)
+    for event in prof.key_averages():
+        if event.key.startswith("crf.") and event.key[4:] in stages:
+            stages[event.key[4:]] = total * event.cpu_time_total / wall_us
+    stages["rest"] = total - sum(stages.values())
+    return stages
 
 
 def main() -> None:
@@ -222,6 +247,13 @@ def main() -> None:
         f"| {net_wall:.0f} ({net_cpu:.0f}) | {crf_wall:.0f} ({crf_cpu:.0f}) | "
         f"{crf_wall / net_wall:.2f}x ({crf_cpu / net_cpu:.2f}x) |"
     )
+    print(
+        "\nWhere one step with the layer goes (process CPU ms under the profiler; the layer's "
+        "stages forward and backward, the rest network, loss, optimizer and softmaxes):\n\n"
+        "| stage | ms |\n|---|---:|"
+    )
+    for stage, ms in demo["stages"].items():
+        print(f"| {stage} | {ms:.0f} |")
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
 
 from deeplab.crf.dense_crf import check_iterations, check_kernels
 from deeplab.crf.meanfield import (
@@ -61,7 +62,8 @@ class KernelPair:
 
     def __init__(self, smoothness: Kernel, appearance: Kernel, dtype: torch.dtype):
         self.kernels = (smoothness, appearance)  # Filters' column order: fewer dimensions first
-        unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in self.kernels])
+        with record_function("crf.operator"):
+            unit = Filters.build([Kernel(k.lattice, 1.0, k.before, k.after) for k in self.kernels])
         self.forward_filter = _as(unit, dtype)
         self.vertices = torch.tensor(
             [k.lattice.weights.shape[0] for k in self.kernels], device=unit.slice.index.device
@@ -70,9 +72,10 @@ class KernelPair:
 
     def _build_transposed(self) -> None:
         f = self.forward_filter
-        swapped = Filters.build(
-            [Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels], reverse=True
-        )
+        with record_function("crf.operator"):
+            swapped = Filters.build(
+                [Kernel(k.lattice, 1.0, k.after, k.before) for k in self.kernels], reverse=True
+            )
         dtype = f.splat.weight.dtype
         spread = replace(  # shares the splat's index arrays, which are the same
             f,
@@ -113,9 +116,10 @@ class KernelPair:
         spread, slices = self.transposed_parts
         c = grads.shape[-1]
         lattice = spread.spread(torch.cat(list(grads), 1))
-        return sum(
-            part(lattice[:, k * c : (k + 1) * c].contiguous()) for k, part in enumerate(slices)
-        )
+        with record_function("crf.slice"):
+            return sum(
+                part(lattice[:, k * c : (k + 1) * c].contiguous()) for k, part in enumerate(slices)
+            )
 
     def transposed(self, grad: torch.Tensor) -> list[torch.Tensor]:
         """[A_k^T grad for each kernel k]."""
@@ -123,7 +127,8 @@ class KernelPair:
             self._build_transposed()
         spread, slices = self.transposed_parts
         lattice = spread.spread(grad)
-        return [part(lattice) for part in slices]
+        with record_function("crf.slice"):
+            return [part(lattice) for part in slices]
 
 
 class _Messages(torch.autograd.Function):
@@ -136,7 +141,9 @@ class _Messages(torch.autograd.Function):
         ctx.save_for_backward(q, weights)
         per_column = weights.repeat_interleave(kernels.vertices)
         f = kernels.forward_filter
-        return f.slice(f.spread(q), f.slice.weight * per_column)
+        lattice = f.spread(q)
+        with record_function("crf.slice"):
+            return f.slice(lattice, f.slice.weight * per_column)
 
     @staticmethod
     @once_differentiable
@@ -160,7 +167,8 @@ class _EachKernel(torch.autograd.Function):
     def forward(ctx, q, kernels: KernelPair):
         ctx.kernels = kernels
         lattice = kernels.forward_filter.spread(q)
-        return torch.stack([part(lattice) for part in kernels.forward_slices()])
+        with record_function("crf.slice"):
+            return torch.stack([part(lattice) for part in kernels.forward_slices()])
 
     @staticmethod
     @once_differentiable
