@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deeplab.crf.fast_ops import flat_nonzero, search_sorted
+from deeplab.crf.fast_ops import flat_nonzero, search_sorted, transposed
 from deeplab.runtime.errors import UserError
 
 # densecrf's SSE path elevates 4 points at a time and pads the last block with zero features;
@@ -49,7 +49,7 @@ def _simplex(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     scale = _scale_factors(d)
     down = torch.tensor(1.0 / d1, **f32)  # float32(1/(d+1)), as _mm_set1_ps(1.0f/(d+1))
     up = float(d1)
-    f = features.T.contiguous()
+    f = transposed(features)
 
     # Elevate onto the hyperplane sum(x) = 0: y = E p, accumulated from the last axis down.
     elevated = torch.empty(d1, n, **f32)
