@@ -11,12 +11,14 @@ iterations, the released VGG-16 kernels (DenseCRF's defaults), in both normalisa
   each backend in its own fresh process).
 
 The unary is a coarse, noisy softmax made from the image's truth, since the lattice's size, and
-so the time, depends on image content. The machine may be shared, so the two backends are timed
-interleaved, image by image (pydensecrf, torch, pydensecrf, ...), in the same process, `--repeats`
-times after a warm-up; each image keeps its minimum, and the row is the mean over the images. The
-ratio of the two is the figure to read; wall and process CPU time both (on a loaded machine the
-CPU time is the steadier). Also reports the share of pixels where torch's labels
-equal pydensecrf's. Prints a markdown table and a README-ready row, and writes JSON:
+so the time, depends on image content. Each backend runs alone in a fresh process, as in use (in
+one process, pydensecrf's large frees raise glibc's mmap threshold, which changes how torch's
+arrays are allocated: docs/crf.md, Speed), once over the images after a warm-up; the machine may
+be shared, so those processes alternate (pydensecrf, torch, pydensecrf, ...) `--repeats` times,
+each image keeps its minimum, and the row is the mean over the images. The ratio of the two is
+the figure to read; wall and process CPU time both (on a loaded machine the CPU time is the
+steadier). Also reports the share of pixels where torch's labels equal pydensecrf's. Prints a
+markdown table and a README-ready row, and writes JSON:
 
     python experiments/bench_crf.py --out outputs/bench_crf.json
 """
@@ -88,34 +90,48 @@ def voc_val(count: int, step: int, classes: int = 21) -> list[tuple[str, np.ndar
     return out
 
 
-def _crfs(normalization: str):
+BACKENDS = ("pydensecrf", "torch")
+
+
+def _crf(normalization: str, backend: str):
     from deeplab.crf import DenseCRF
 
-    return {
-        backend: DenseCRF(backend=backend, normalization=normalization)
-        for backend in ("pydensecrf", "torch")
-    }
+    return DenseCRF(backend=backend, normalization=normalization)
 
 
-def interleaved(inputs: list, normalization: str, repeats: int) -> dict:
-    """Both backends, image by image, `repeats` times after a warm-up, on one thread; per image
-    the minimum. Runs in a fresh process."""
+def one_round(inputs: list, normalization: str, backend: str) -> dict:
+    """One backend alone, as it runs in use, on one thread: a warm-up on the first image, then
+    each image once; per image the wall and CPU ms and the labels. Runs in a fresh process."""
     torch.set_num_threads(1)
-    crfs = _crfs(normalization)
-    for crf in crfs.values():
-        crf(*inputs[0])  # warm-up (allocator, caches)
-    best = {backend: [float("inf")] * len(inputs) for backend in crfs}
-    best_cpu = {backend: [float("inf")] * len(inputs) for backend in crfs}
-    out = {}
+    crf = _crf(normalization, backend)
+    crf(*inputs[0])  # warm-up (allocator, caches)
+    wall, cpu, labels = [], [], []
+    for image, probs in inputs:
+        out, ms, cpu_ms = timed_call(lambda: crf(image, probs))  # noqa: B023
+        wall.append(ms)
+        cpu.append(cpu_ms)
+        labels.append(out.argmax(0).astype(np.uint8))
+    return {"wall": wall, "cpu": cpu, "labels": labels}
+
+
+def alternating(inputs: list, normalization: str, repeats: int) -> dict:
+    """Both backends, each in its own fresh process (`one_round`), the processes alternating
+    (pydensecrf, torch, pydensecrf, ...) `repeats` times, so that a change of the machine's
+    speed reaches both; per image the minimum, and the share of pixels whose labels agree."""
+    best = {backend: [float("inf")] * len(inputs) for backend in BACKENDS}
+    best_cpu = {backend: [float("inf")] * len(inputs) for backend in BACKENDS}
+    labels = {}
     for _ in range(repeats):
-        for i, (image, probs) in enumerate(inputs):
-            for backend, crf in crfs.items():
-                out[backend, i], wall, cpu = timed_call(lambda: crf(image, probs))  # noqa: B023
-                best[backend][i] = min(best[backend][i], wall)
-                best_cpu[backend][i] = min(best_cpu[backend][i], cpu)
+        for backend in BACKENDS:
+            r = isolated(one_round, inputs, normalization, backend)
+            best[backend] = [min(a, b) for a, b in zip(best[backend], r["wall"], strict=True)]
+            best_cpu[backend] = [
+                min(a, b) for a, b in zip(best_cpu[backend], r["cpu"], strict=True)
+            ]
+            labels[backend] = r["labels"]
     same = sum(
-        int((out["torch", i].argmax(0) == out["pydensecrf", i].argmax(0)).sum())
-        for i in range(len(inputs))
+        int((torch_labels == reference).sum())
+        for torch_labels, reference in zip(labels["torch"], labels["pydensecrf"], strict=True)
     )
     pixels = sum(p.shape[1] * p.shape[2] for _, p in inputs)
     return {
@@ -136,7 +152,7 @@ def _memory_kib(field: str) -> int:
 def peak_memory(inputs: list, normalization: str, backend: str) -> float:
     """MiB of resident memory one refinement adds at its peak, in a fresh process."""
     torch.set_num_threads(1)
-    crf = _crfs(normalization)[backend]
+    crf = _crf(normalization, backend)
     image, probs = inputs[0]
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _memory_kib("VmRSS")
@@ -195,22 +211,21 @@ def main() -> None:
     voc = [(image, probs) for _, image, probs in voc]
     rows = []
     for normalization in args.normalizations:
-        r = isolated(interleaved, voc, normalization, args.repeats)
+        r = alternating(voc, normalization, args.repeats)
         rows.append({"size": "voc", "normalization": normalization, **r})
     if args.cityscapes_repeats:
         h, w, c = SIZES["cityscapes"]
         city = [make_input(h, w, c)]
         for normalization in args.normalizations:
-            r = isolated(interleaved, city, normalization, args.cityscapes_repeats)
+            r = alternating(city, normalization, args.cityscapes_repeats)
             r["peak_mib"] = {
-                backend: isolated(peak_memory, city, normalization, backend)
-                for backend in ("pydensecrf", "torch")
+                backend: isolated(peak_memory, city, normalization, backend) for backend in BACKENDS
             }
             rows.append({"size": "cityscapes", "normalization": normalization, **r})
 
     print(
         f"\n{len(names)} VOC val images ({', '.join(names)}), 10 iterations, 1 thread, ms per "
-        f"image (min of {args.repeats} interleaved runs, mean over the images):\n"
+        f"image (min of {args.repeats} alternating runs, mean over the images):\n"
     )
     print(
         "| size | normalisation | pydensecrf ms | torch ms | speed-up (wall) | pydensecrf CPU ms "
