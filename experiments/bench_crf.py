@@ -13,12 +13,12 @@ iterations, the released VGG-16 kernels (DenseCRF's defaults), in both normalisa
 The unary is a coarse, noisy softmax made from the image's truth, since the lattice's size, and
 so the time, depends on image content. Each backend runs alone in a fresh process, as in use (in
 one process, pydensecrf's large frees raise glibc's mmap threshold, which changes how torch's
-arrays are allocated: docs/crf.md, Speed), once over the images after a warm-up; the machine may
-be shared, so those processes alternate (pydensecrf, torch, pydensecrf, ...) `--repeats` times,
-each image keeps its minimum, and the row is the mean over the images. The ratio of the two is
-the figure to read; wall and process CPU time both (on a loaded machine the CPU time is the
-steadier). Also reports the share of pixels where torch's labels equal pydensecrf's. Prints a
-markdown table and a README-ready row, and writes JSON:
+arrays are allocated: docs/crf.md, Speed): a warm-up pass over the images, then a timed one. The
+machine may be shared, so those processes alternate (pydensecrf, torch, pydensecrf, ...)
+`--repeats` times, each image keeps its minimum, and the row is the mean over the images. The
+ratio of the two is the figure to read; wall and process CPU time both (on a loaded machine the
+CPU time is the steadier). Also reports the share of pixels where torch's labels equal
+pydensecrf's. Prints a markdown table and a README-ready row, and writes JSON:
 
     python experiments/bench_crf.py --out outputs/bench_crf.json
 """
@@ -100,11 +100,13 @@ def _crf(normalization: str, backend: str):
 
 
 def one_round(inputs: list, normalization: str, backend: str) -> dict:
-    """One backend alone, as it runs in use, on one thread: a warm-up on the first image, then
-    each image once; per image the wall and CPU ms and the labels. Runs in a fresh process."""
+    """One backend alone, as it runs in use, on one thread: a warm-up pass over the images (the
+    allocator, and the smoothness lattice cached per image size, as over a split), then each
+    image once; per image the wall and CPU ms and the labels. Runs in a fresh process."""
     torch.set_num_threads(1)
     crf = _crf(normalization, backend)
-    crf(*inputs[0])  # warm-up (allocator, caches)
+    for image, probs in inputs:
+        crf(image, probs)
     wall, cpu, labels = [], [], []
     for image, probs in inputs:
         out, ms, cpu_ms = timed_call(lambda: crf(image, probs))  # noqa: B023
