@@ -199,8 +199,8 @@ class Lattice:
         never interact. Points come out in the order given, image after image.
 
         The images share one set of keys when those fit int32; otherwise each image is numbered
-        alone and the lattices stacked (`stack`: the same lattice), as sorting int64 keys costs
-        about twice as much (a CRF-RNN batch of 8 noisy 128-px images builds ~1.5x faster)."""
+        alone and the lattices stacked (`stack`: the same lattice), as int64 keys sort, search
+        and pack slower than each image's int32 ones (a CRF-RNN batch of noisy images)."""
         simplices = [_Simplices.of(f.float()) for f in features]
         if len(simplices) > 1 and _KeyLayout.of(simplices).dtype == torch.int64:
             return cls.stack([cls._from_simplices([one]) for one in simplices])
