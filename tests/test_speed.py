@@ -1,5 +1,7 @@
 """Speed options give the plain path's outputs within stated tolerances (CPU, tiny networks)."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -125,3 +127,20 @@ def test_train_config_has_the_speed_block():
     assert dict(cfg.speed) == {**speed.DEFAULTS, "atrous_mode": "space_to_batch"}
     net = speed.apply_speed_options(instantiate(cfg.model), cfg.speed)
     assert {m.mode for m in net.modules() if isinstance(m, AtrousConv2d)} == {"space_to_batch"}
+
+
+def test_bench_crf_times_each_backend_alone_and_compares_their_labels(monkeypatch):
+    """experiments/bench_crf.py's method (the README's CRF figure): each backend in its own
+    fresh process, alternating, per image the minimum, and the share of equal labels."""
+    pytest.importorskip("pydensecrf")
+    from pathlib import Path
+
+    # importable by name, here and in the spawned workers (which unpickle its functions)
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    bench_crf = importlib.import_module("bench_crf")
+    inputs = [bench_crf.make_input(30, 40, 5, seed) for seed in (0, 1)]
+    result = bench_crf.alternating(inputs, "symmetric", repeats=1)
+    for backend in bench_crf.BACKENDS:
+        assert len(result["per_image_ms"][backend]) == 2
+        assert 0 < result["ms"][backend] < 60_000
+    assert result["agree"] > 0.99
