@@ -210,24 +210,28 @@ class Lattice:
     def stack(cls, lattices: list["Lattice"]) -> "Lattice":
         """Lattices of different point sets as one: points and lattice points image after image,
         row 0 the one empty row; what `build` gives for the sets with shared keys."""
-        first, rows, points = lattices[0], 0, 0
+        first = lattices[0]
+        all_rows = 1 + sum(lattice.size - 1 for lattice in lattices)
+        all_points = sum(lattice.weights.shape[1] for lattice in lattices)
+        index = torch.int32 if max(all_rows, all_points) < 2**31 else torch.int64
         vertices, neighbors, counts, cols = [], [], [first.splat_counts[:1]], []
+        rows = points = 0  # before this lattice's, the empty row 0 aside
         for lattice in lattices:
-            vertices.append(lattice.vertices + rows)  # every vertex is a lattice point (>= 1)
-            n = lattice.neighbors[:, 1:]
-            neighbors.append(torch.add(n, n.sign(), alpha=rows))  # absent (0) stays 0
+            # every vertex is a lattice point (>= 1); an absent neighbour (0) stays 0
+            vertices.append(lattice.vertices.to(index) + rows)
+            n = lattice.neighbors[:, 1:].to(index)
+            neighbors.append(torch.add(n, n.sign(), alpha=rows))
             counts.append(lattice.splat_counts[1:])
-            cols.append(lattice.splat_col + points)
+            cols.append(lattice.splat_col.to(index) + points)
             rows += lattice.size - 1
             points += lattice.weights.shape[1]
-        index = torch.int32 if max(rows + 1, points) < 2**31 else torch.int64
-        empty = first.neighbors.new_zeros(first.neighbors.shape[0], 1, 2)
+        empty = first.neighbors.new_zeros(first.neighbors.shape[0], 1, 2, dtype=index)
         return cls(
-            vertices=torch.cat(vertices, 1).to(index),
+            vertices=torch.cat(vertices, 1),
             weights=torch.cat([lattice.weights for lattice in lattices], 1),
-            neighbors=torch.cat([empty, *neighbors], 1).to(index),
+            neighbors=torch.cat([empty, *neighbors], 1),
             splat_counts=torch.cat(counts),
-            splat_col=torch.cat(cols).to(index),
+            splat_col=torch.cat(cols),
             splat_value=torch.cat([lattice.splat_value for lattice in lattices]),
             alpha=first.alpha,
         )
