@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from deeplab.crf.fast_ops import flat_nonzero, transposed
-from deeplab.crf.permutohedral import Lattice
+from deeplab.crf.permutohedral import Lattice, shifted_rows
 
 UNARY_CLIP = 1e-5  # pydensecrf.utils.unary_from_softmax's default clip
 LOG2_E, LN_2 = float(np.log2(np.e)), float(np.log(2.0))
@@ -162,7 +162,7 @@ class Filters:
                     pairs.append(torch.zeros(k.lattice.size, 2, dtype=index, device=device))
                     continue
                 n = k.lattice.neighbors[axis].to(index)
-                pairs.append(torch.add(n, n.sign(), alpha=base))  # absent (0) stays 0
+                pairs.append(shifted_rows(n, base))
             per_axis.append(torch.cat([torch.cat(pairs), self_rows], 1))
         if reverse:
             per_axis.reverse()

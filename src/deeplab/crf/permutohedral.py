@@ -119,6 +119,12 @@ def _vertex_codes(rounded, rank, lo, strides, first_code) -> torch.Tensor:
     return codes.neg_().add_(base).mul_(d1).add_(r)
 
 
+def shifted_rows(rows: torch.Tensor, offset: int) -> torch.Tensor:
+    """Lattice row numbers moved by `offset` (a lattice stacked after others), the absent row 0
+    staying 0: one fused add of sign(rows) * offset."""
+    return torch.add(rows, rows.sign(), alpha=offset)
+
+
 @dataclass
 class _Simplices:
     """One image's points on the lattice (`_simplex`), padded as densecrf's SSE blocks are;
@@ -202,9 +208,10 @@ class Lattice:
         alone and the lattices stacked (`stack`: the same lattice), as int64 keys sort, search
         and pack slower than each image's int32 ones (a CRF-RNN batch of noisy images)."""
         simplices = [_Simplices.of(f.float()) for f in features]
-        if len(simplices) > 1 and _KeyLayout.of(simplices).dtype == torch.int64:
+        layout = _KeyLayout.of(simplices)
+        if len(simplices) > 1 and layout.dtype == torch.int64:
             return cls.stack([cls._from_simplices([one]) for one in simplices])
-        return cls._from_simplices(simplices)
+        return cls._from_simplices(simplices, layout)
 
     @classmethod
     def stack(cls, lattices: list["Lattice"]) -> "Lattice":
@@ -220,7 +227,7 @@ class Lattice:
             # every vertex is a lattice point (>= 1); an absent neighbour (0) stays 0
             vertices.append(lattice.vertices.to(index) + rows)
             n = lattice.neighbors[:, 1:].to(index)
-            neighbors.append(torch.add(n, n.sign(), alpha=rows))
+            neighbors.append(shifted_rows(n, rows))
             counts.append(lattice.splat_counts[1:])
             cols.append(lattice.splat_col.to(index) + points)
             rows += lattice.size - 1
@@ -237,8 +244,11 @@ class Lattice:
         )
 
     @classmethod
-    def _from_simplices(cls, simplices: list["_Simplices"]) -> "Lattice":
-        """The lattice of several images' simplices, with their keys packed together."""
+    def _from_simplices(
+        cls, simplices: list["_Simplices"], layout: "_KeyLayout | None" = None
+    ) -> "Lattice":
+        """The lattice of several images' simplices, with their keys packed together (`layout`:
+        theirs, when already computed)."""
         d1 = simplices[0].rank.shape[0]
         d = d1 - 1
         device = simplices[0].rank.device
@@ -247,7 +257,7 @@ class Lattice:
             for x in zip(*((p.rounded, p.rank, p.bary) for p in simplices), strict=True)
         )
         real = torch.cat([p.real for p in simplices])
-        layout = _KeyLayout.of(simplices)
+        layout = layout or _KeyLayout.of(simplices)
         if layout.span >= 2**62:
             raise UserError(
                 "CRF lattice keys overflow int64: a kernel's std (crf.*_std) is too small for "
