@@ -251,23 +251,23 @@ def main() -> None:
         )
     voc_rows = [r for r in rows if r["size"] == "voc"]
     city_rows = [r for r in rows if r["size"] == "cityscapes"]
-    figures = "; ".join(
+    figures = [
         f"{r['normalization']} {r['ms']['torch']:.0f} vs {r['ms']['pydensecrf']:.0f} ms "
         f"(**{r['ms']['pydensecrf'] / r['ms']['torch']:.2f}x** wall, "
         f"{r['cpu_ms']['pydensecrf'] / r['cpu_ms']['torch']:.2f}x CPU)"
         for r in voc_rows
-    )
+    ]
     agree = min(r["agree"] for r in rows)
-    city = "; ".join(
+    figures += [
         f"Cityscapes size {r['normalization']} {r['ms']['pydensecrf'] / r['ms']['torch']:.2f}x "
         f"wall ({r['cpu_ms']['pydensecrf'] / r['cpu_ms']['torch']:.2f}x CPU), "
         f"peak {r['peak_mib']['torch']:.0f} MiB"
         for r in city_rows
-    )
+    ]
     command = " ".join([COMMAND, *sys.argv[1:]])
     print(
         f"\nREADME row:\n| Torch dense CRF against pydensecrf (C++), {len(names)} VOC val images, "
-        f"1 thread, 10 iterations | {figures}; {city}; >= {100 * agree:.3f} % of labels equal | "
+        f"1 thread, 10 iterations | {'; '.join(figures)}; >= {100 * agree:.3f} % of labels equal | "
         f"{datetime.date.today()} | `{command}` |"
     )
     machine = {

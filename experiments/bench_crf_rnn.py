@@ -13,11 +13,18 @@ process CPU time, the steadier of the two on a shared machine), then averaged ov
 - what autograd keeps for the backward (MB of saved tensors), and the share of pixels where the
   untrained layer's labels equal the torch post-hoc CRF's.
 
-Then the training step of the CPU demo (`experiment=demo`: the narrow LargeFOV, a batch of 8
-synthetic 128 x 128 images, 7 labels, AdamW) with and without the CRF-RNN layer `crf_rnn=on`
-puts after it (5 training iterations, `crf=synthetic`'s kernels), interleaved, minimum of
-`--repeats`: forward, loss on the labels, backward and the optimizer step; then where one step
-with the layer goes, stage by stage (the labels `experiments/profile_crf.py` reads).
+Then a training step with and without the CRF-RNN layer `crf_rnn=on` puts after the network (5
+training iterations, the `crf` config's kernels), AdamW, interleaved, minimum of `--repeats`:
+forward, loss on the labels, backward and the optimizer step, for two networks:
+
+- the CPU demo's (`experiment=demo`: the narrow LargeFOV, a batch of 8 synthetic 128 x 128
+  images, 7 labels, `crf=synthetic`);
+- the paper's final DeepLab v2 (ASPP-L on ResNet-101, `crf=deeplab_resnet101`; random weights,
+  which time the same) on `--paper-batch` real VOC images at the 321 x 321 training crop, 21
+  labels;
+
+then where one step with the layer goes, stage by stage (the labels `experiments/profile_crf.py`
+reads).
 
 Prints markdown tables (wall, CPU) and writes JSON:
 
@@ -140,16 +147,32 @@ def demo_batch(count: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def demo_step(repeats: int) -> dict:
-    """Milliseconds per training step of the CPU demo's network, alone and with a CRF-RNN layer
-    as `crf_rnn=on` builds it (the `crf` config's kernels, 5 training iterations), interleaved;
-    min of `repeats` (wall and CPU)."""
+# The two networks a step is timed for: the CPU demo's (its own batch of synthetic images) and the
+# paper's final DeepLab v2 (ASPP-L on ResNet-101, random weights: the time is the same) on real VOC
+# images at the training crop, with DeepLab's ResNet-101 CRF kernels.
+NETWORKS = {
+    "demo": ["experiment=demo"],
+    "paper": ["model=aspp_l", "backbone=resnet101", "data=voc", "crf=deeplab_resnet101"],
+}
+
+
+def paper_batch(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` (image, mask) pairs of real VOC images at the 321 x 321 training crop (the masks:
+    the labels of the benchmark's coarse scores; a step's time does not depend on them)."""
+    pairs = [make_input(SIZE, SIZE, CLASSES, seed=i, index=i) for i in range(count)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1].argmax(0) for p in pairs])
+
+
+def training_steps(overrides: list[str], images: np.ndarray, masks: np.ndarray, repeats: int):
+    """Milliseconds per training step (forward, loss, backward, optimizer step) of the network
+    `overrides` compose, alone and with a CRF-RNN layer as `crf_rnn=on` builds it (the `crf`
+    config's kernels, 5 training iterations), on `images` (B, H, W, 3) uint8 and `masks`;
+    interleaved, min of `repeats` (wall and CPU), then where one step with the layer goes."""
     from deeplab.crf.crf_rnn import WithCRFRNN
     from deeplab.engine.losses import segmentation_loss
     from deeplab.runtime.config import compose, instantiate
 
-    cfg = compose("train", ["experiment=demo", "crf_rnn=on"])
-    images, masks = demo_batch(cfg.data.batch_size)
+    cfg = compose("train", [*overrides, "crf_rnn=on"])
     mean, std = list(cfg.data.mean), list(cfg.data.std)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() - torch.tensor(mean)[:, None, None]
     x = x / torch.tensor(std)[:, None, None]
@@ -178,7 +201,9 @@ def demo_step(repeats: int) -> dict:
             best[name] = [min(best[name][0], 1000 * wall), min(best[name][1], 1000 * cpu)]
     stages = step_stages(lambda: step(*models["network + CRF-RNN"]))
     return {
-        "batch": int(cfg.data.batch_size),
+        "batch": len(images),
+        "size": list(images.shape[1:3]),
+        "labels": int(cfg.data.num_classes),
         "iterations": layer.iterations,
         "ms": best,
         "stages": stages,
@@ -208,13 +233,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paper-batch", type=int, default=1, help="images per paper-network step")
     parser.add_argument("--out", default="outputs/bench_crf_rnn.json")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     data = inputs(args.images)
     rows = [bench(n, data, args.repeats) for n in args.iterations]
-    demo = demo_step(args.repeats)
+    steps = {
+        "demo": training_steps(NETWORKS["demo"], *demo_batch(), args.repeats),
+        "paper": training_steps(NETWORKS["paper"], *paper_batch(args.paper_batch), args.repeats),
+    }
 
     for clock, key in (("wall", "ms"), ("process CPU", "cpu_ms")):
         print(
@@ -238,22 +267,26 @@ def main() -> None:
                 f"{t['through_gathers']:.0f} | "
                 f"{row['saved_mb']:.0f} | {100 * row['agree']:.3f}% |"
             )
-    (net_wall, net_cpu), (crf_wall, crf_cpu) = demo["ms"].values()
     print(
-        f"\nCPU demo training step (batch {demo['batch']}, 128 x 128, 7 labels, {args.threads} "
-        f"thread(s), min of {args.repeats}), wall (CPU) ms:\n\n"
-        f"| network | network + CRF-RNN ({demo['iterations']} iterations) | ratio |\n"
-        "|---:|---:|---:|\n"
-        f"| {net_wall:.0f} ({net_cpu:.0f}) | {crf_wall:.0f} ({crf_cpu:.0f}) | "
-        f"{crf_wall / net_wall:.2f}x ({crf_cpu / net_cpu:.2f}x) |"
+        f"\nTraining step, network alone and with the CRF-RNN layer ({args.threads} thread(s), min "
+        f"of {args.repeats}), wall (CPU) ms:\n\n"
+        "| network | batch | size | labels | network | network + CRF-RNN | ratio |\n"
+        "|---|---:|---:|---:|---:|---:|---:|"
     )
+    for name, row in steps.items():
+        (net_wall, net_cpu), (crf_wall, crf_cpu) = row["ms"].values()
+        print(
+            f"| {name} | {row['batch']} | {row['size'][0]} x {row['size'][1]} | {row['labels']} | "
+            f"{net_wall:.0f} ({net_cpu:.0f}) | {crf_wall:.0f} ({crf_cpu:.0f}) | "
+            f"{crf_wall / net_wall:.2f}x ({crf_cpu / net_cpu:.2f}x) |"
+        )
     print(
         "\nWhere one step with the layer goes (process CPU ms under the profiler; the layer's "
         "stages forward and backward, the rest network, loss, optimizer and softmaxes):\n\n"
-        "| stage | ms |\n|---|---:|"
+        f"| network | {' | '.join(STAGES)} | rest |\n|---|{'---:|' * (len(STAGES) + 1)}"
     )
-    for stage, ms in demo["stages"].items():
-        print(f"| {stage} | {ms:.0f} |")
+    for name, row in steps.items():
+        print(f"| {name} | {' | '.join(f'{ms:.0f}' for ms in row['stages'].values())} |")
     machine = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -264,7 +297,7 @@ def main() -> None:
     print(f"\nmachine: {machine}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
-        json.dumps({"machine": machine, "rows": rows, "demo": demo}, indent=2) + "\n"
+        json.dumps({"machine": machine, "rows": rows, "steps": steps}, indent=2) + "\n"
     )
     print(f"wrote {args.out}")
 

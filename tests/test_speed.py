@@ -144,3 +144,22 @@ def test_bench_crf_times_each_backend_alone_and_compares_their_labels(monkeypatc
         assert len(result["per_image_ms"][backend]) == 2
         assert 0 < result["ms"][backend] < 60_000
     assert result["agree"] > 0.99
+
+
+def test_bench_crf_rnn_times_a_training_step_with_and_without_the_layer(monkeypatch):
+    """experiments/bench_crf_rnn.py's training-step rows: the paper network's overrides compose,
+    the step runs with and without the layer `crf_rnn=on` builds, and the stage table holds every
+    labelled stage of the layer (here at 1/16 width on a 49-px crop of a real VOC image)."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    bench = importlib.import_module("bench_crf_rnn")
+    images, masks = bench.paper_batch(1)
+    assert images.shape == (1, bench.SIZE, bench.SIZE, 3) and masks.shape == (1, 321, 321)
+    overrides = [*bench.NETWORKS["paper"], "model.width_mult=0.0625"]
+    row = bench.training_steps(overrides, images[:, :49, :49], masks[:, :49, :49], repeats=1)
+    assert (row["batch"], row["size"], row["labels"], row["iterations"]) == (1, [49, 49], 21, 5)
+    assert list(row["ms"]) == ["network", "network + CRF-RNN"]
+    assert all(0 < ms < 60_000 for pair in row["ms"].values() for ms in pair)
+    assert list(row["stages"]) == [*bench.STAGES, "rest"]
+    assert all(row["stages"][stage] > 0 for stage in ("lattice", "splat", "blur", "slice"))
