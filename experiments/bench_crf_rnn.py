@@ -42,6 +42,7 @@ from unittest.mock import patch
 import numpy as np
 import torch
 from bench_crf import make_input  # this folder: the same real-image inputs as the CRF bench
+from profile_crf import profiled  # ... and the same split of the time by labelled stage
 
 SIZE, CLASSES = 321, 21
 STAGES = ("lattice", "normalisation", "operator", "splat", "blur", "slice")  # profile_crf.py's
@@ -212,17 +213,9 @@ def training_steps(overrides: list[str], images: np.ndarray, masks: np.ndarray, 
 
 def step_stages(step) -> dict:
     """Process CPU ms per stage of one training step with the layer, as `profile_crf.py` splits
-    a post-hoc refinement: the layer's labelled stages (`crf.*`, forward and backward together)
-    by their share of the profiled time, the rest (network, loss, optimizer, softmaxes) apart."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        step()
-        wall_us = 1e6 * (time.perf_counter() - start)
-        total = 1000 * (time.process_time() - cpu_start)
-    stages = dict.fromkeys(STAGES, 0.0)
-    for event in prof.key_averages():
-        if event.key.startswith("crf.") and event.key[4:] in stages:
-            stages[event.key[4:]] = total * event.cpu_time_total / wall_us
+    a post-hoc refinement: the layer's labelled stages (`crf.*`, forward and backward together),
+    the rest (network, loss, optimizer, softmaxes) apart."""
+    stages, _, total = profiled(step, STAGES)
     stages["rest"] = total - sum(stages.values())
     return stages
 

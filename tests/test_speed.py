@@ -163,3 +163,21 @@ def test_bench_crf_rnn_times_a_training_step_with_and_without_the_layer(monkeypa
     assert all(0 < ms < 60_000 for pair in row["ms"].values() for ms in pair)
     assert list(row["stages"]) == [*bench.STAGES, "rest"]
     assert all(row["stages"][stage] > 0 for stage in ("lattice", "splat", "blur", "slice"))
+
+
+def test_profile_crf_splits_a_refinement_into_its_labelled_stages(monkeypatch):
+    """experiments/profile_crf.py's table (docs/crf.md, Where the time goes): every stage the
+    torch CRF labels is found, with its calls per image (10 iterations), inside the total."""
+    from pathlib import Path
+
+    from deeplab.crf import DenseCRF
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    profile = importlib.import_module("profile_crf")
+    bench_crf = importlib.import_module("bench_crf")
+    inputs = [bench_crf.make_input(30, 40, 5, seed) for seed in (0, 1)]
+    crf = DenseCRF(backend="torch", normalization="per_pixel")
+    per_stage, calls, total = profile.stage_times(crf, inputs, repeats=2)
+    assert list(per_stage) == list(profile.STAGES)
+    assert all(ms > 0 for ms in per_stage.values()) and sum(per_stage.values()) < total
+    assert calls["lattice"] == 1 and calls["splat"] == calls["softmax"] == 10
