@@ -1,6 +1,9 @@
 """Shared test fixtures: repo paths, configs and the real VOC sample beside the checkout."""
 
+import contextlib
 import os
+import resource
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 SHARED_VOC = REPO.parent / "shared" / "data" / "voc_sample"
+
+
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+    """A real write fault, as on a full disk: no file this process writes may grow past `nbytes`
+    (RLIMIT_FSIZE: EFBIG instead of ENOSPC, without root or a mount). The limit holds for the whole
+    process, pytest's own report included, so use it inside a test's body, never as a fixture:
+    pytest writes the test's result to its output (a file when redirected) before a fixture's
+    teardown would lift it, and that write fails too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel ends the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, xfsz)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ data cannot write outside its run, stops leave no workers, locks or half files b
 
 import os
 import pickle
-import resource
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, file_size_limit
 from omegaconf import OmegaConf
 from PIL import Image
 from test_predict import MODEL, untrained_checkpoint
@@ -296,22 +295,11 @@ def test_a_stopped_crf_tool_ends_its_workers_and_lock(tmp_path, tool, sig, statu
 # --- disks that say no ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def full_disk():
-    """Files may not grow past 10 bytes in this process (RLIMIT_FSIZE): writes fail as on a full
-    disk (EFBIG instead of ENOSPC), without root or a mount. Restored afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (10, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, xfsz)
-
-
-def test_the_run_lock_refuses_a_full_disk_and_leaves_no_empty_owner(tmp_path, full_disk):
-    with pytest.raises(UserError, match=f"run directory {tmp_path} cannot be written"):
+def test_the_run_lock_refuses_a_full_disk_and_leaves_no_empty_owner(tmp_path):
+    with (
+        file_size_limit(10),
+        pytest.raises(UserError, match=f"run directory {tmp_path} cannot be written"),
+    ):
         run_lock.acquire(tmp_path)
     assert not (tmp_path / run_lock.OWNER_FILE).exists()
 
@@ -338,11 +326,14 @@ def test_output_folders_are_checked_before_any_work(tmp_path):
         evaluate(compose("evaluate", [*absent, f"save_probs={blocked}"]), tmp_path)
 
 
-def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path, full_disk):
+def test_a_full_disk_names_the_file_and_keeps_what_was_written(tmp_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
     probs = rng.random((2, 8, 8), dtype=np.float32)
-    with pytest.raises(UserError, match=f"could not write {tmp_path / 'x.npz'} .*kept"):
+    with (
+        file_size_limit(10),
+        pytest.raises(UserError, match=f"could not write {tmp_path / 'x.npz'} .*kept"),
+    ):
         save_probabilities(tmp_path / "x", image, probs, probs.argmax(0))
     assert list(tmp_path.iterdir()) == []  # no half file under any name
 

@@ -5,7 +5,6 @@ import contextlib
 import functools
 import http.server
 import io
-import resource
 import tarfile
 import threading
 import zipfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import file_size_limit
 from PIL import Image
 from scipy.io import savemat
 
@@ -229,17 +229,6 @@ def test_a_complete_part_file_killed_before_its_rename_is_kept(tmp_path):
     with serving(www, handler) as url:
         path = download(Archive(f"{url}/big.tar", md5sum(www / "big.tar")), tmp_path / "dl")
     assert handler.seen == ["bytes=50000-"] and path.read_bytes() == (www / "big.tar").read_bytes()
-
-
-@contextlib.contextmanager
-def file_size_limit(nbytes: int):
-    """A real write fault, as on a full disk: no file may grow past `nbytes` (EFBIG)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
 def test_an_interrupted_conversion_resumes_and_leaves_no_half_written_mask(tmp_path, capsys):
